@@ -1,0 +1,7 @@
+"""Layers that go in a model: NTK-parameterized linear maps and Hadamard-product polynomial blocks."""
+
+from kerntk.layers.ntk_conv import BaseNTKConv, NTKConv1D, NTKConv2D
+from kerntk.layers.ntk_dense import NTKDense
+from kerntk.layers.polynomial import PolyConv2D, PolyDense
+
+__all__ = ["BaseNTKConv", "NTKConv1D", "NTKConv2D", "NTKDense", "PolyConv2D", "PolyDense"]

@@ -1,0 +1,103 @@
+"""NTK-parameterized fully connected layer (thesis App. C.6)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+from keras import ops
+
+from kerntk.layers.parameterization import (LinearParameterization, check_parameterization,
+                                            check_positive, check_units)
+
+
+@keras.saving.register_keras_serializable(package="kerntk")
+class NTKDense(keras.layers.Layer):
+    """Densely connected layer in NTK parameterization.
+
+    Computes ``activation(W_std * a @ W / sqrt(fan_in) + b_std * b)`` with ``W, b ~ N(0, 1)``
+    (thesis App. C.6; neural-tangents' ``stax.Dense``). With ``parameterization="standard"`` the same
+    function at initialization comes from ``W ~ N(0, W_std^2/fan_in)``, ``b ~ N(0, b_std^2)`` and no
+    forward multipliers (the usual fan-in initialization).
+
+    Args:
+        units: positive int, output dimension.
+        activation: activation name or callable; ``None`` is linear (use it for output layers).
+        use_bias: whether to add a bias.
+        W_std: weight scale (> 0).
+        b_std: bias scale (>= 0); ignored when ``use_bias=False``.
+        parameterization: ``"ntk"`` (default) or ``"standard"``.
+        seed: optional int seed for the initializers.
+
+    Input shape: ``(batch, ..., fan_in)``. Output shape: ``(batch, ..., units)``.
+
+    Example:
+        >>> layer = NTKDense(512, activation="relu")
+        >>> y = layer(keras.random.normal((8, 100)))   # y.shape == (8, 512)
+
+    Attributes read by the engine: ``kernel`` (fan_in, units), ``bias`` (units,) or ``None``,
+    ``kernel_multiplier`` and ``bias_multiplier`` (the constant forward scales), and
+    :meth:`preactivation` / :meth:`postactivation`, whose composition is :meth:`call`.
+    """
+
+    def __init__(self, units: int, activation=None, use_bias: bool = True, W_std: float = 1.0,
+                 b_std: float = 1.0, parameterization: str = "ntk", seed: Optional[int] = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.units = check_units("units", units)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.W_std = check_positive("W_std", W_std)
+        self.b_std = check_positive("b_std", b_std, allow_zero=True)
+        self.parameterization = check_parameterization(parameterization)
+        self.seed = seed
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+
+    def build(self, input_shape):
+        fan_in = input_shape[-1]
+        if fan_in is None:
+            raise ValueError("NTKDense needs a known last input dimension.")
+        self._param = LinearParameterization(self.parameterization, self.W_std, self.b_std,
+                                             int(fan_in), self.seed)
+        self.kernel = self.add_weight(name="kernel", shape=(fan_in, self._linear_units()),
+                                      initializer=self._param.kernel_initializer())
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(name="bias", shape=(self._linear_units(),),
+                                        initializer=self._param.bias_initializer())
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: fan_in})
+
+    def _linear_units(self) -> int:
+        # Width of the linear map; subclasses with several branches widen it.
+        return self.units
+
+    @property
+    def kernel_multiplier(self) -> float:
+        return self._param.kernel_multiplier
+
+    @property
+    def bias_multiplier(self) -> float:
+        return self._param.bias_multiplier
+
+    def preactivation(self, inputs):
+        """The linear part ``z`` (before the activation)."""
+        z = ops.matmul(inputs, self.kernel) * self.kernel_multiplier
+        if self.bias is not None:
+            z = z + self.bias * self.bias_multiplier
+        return z
+
+    def postactivation(self, z):
+        return self.activation(z)
+
+    def call(self, inputs):
+        return self.postactivation(self.preactivation(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units, activation=keras.activations.serialize(self.activation),
+                      use_bias=self.use_bias, W_std=self.W_std, b_std=self.b_std,
+                      parameterization=self.parameterization, seed=self.seed)
+        return config
