@@ -5,3 +5,7 @@ from kerntk.layers.ntk_dense import NTKDense
 from kerntk.layers.polynomial import PolyConv2D, PolyDense
 
 __all__ = ["BaseNTKConv", "NTKConv1D", "NTKConv2D", "NTKDense", "PolyConv2D", "PolyDense"]
+
+from kerntk.layers.dag import DAG  # noqa: E402
+
+__all__ += ["DAG"]
