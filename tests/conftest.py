@@ -18,9 +18,6 @@ def _reset_keras_state():
     keras.config.set_floatx("float32")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long-running test, excluded from the default run")
-
 
 @pytest.fixture
 def rng():
