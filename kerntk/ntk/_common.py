@@ -1,0 +1,149 @@
+"""Shared plumbing of the empirical-NTK engine: input checks, compute dtype, the stateless forward.
+
+Private: :mod:`kerntk.ntk.empirical` and :mod:`kerntk.ntk.operator` are the public faces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, List, Optional, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+Outputs = Union[str, int]
+_FLOATS = ("float16", "bfloat16", "float32", "float64")
+
+
+def check_inputs(model: keras.Model, x) -> np.ndarray:
+    """Validate ``x`` (one array with a batch axis, finite, non-empty) and build ``model`` on it.
+
+    Returns ``x`` as a numpy array. Raises ``ValueError`` with the reason otherwise.
+    """
+    if not isinstance(model, keras.layers.Layer):
+        raise ValueError(f"`model` must be a Keras model or layer; got {type(model).__name__}.")
+    if isinstance(x, (list, tuple, dict)):
+        raise ValueError("`x` must be one array (models with several inputs are not supported).")
+    try:
+        x = np.asarray(x)
+    except Exception as err:  # e.g. ragged nested lists
+        raise ValueError(f"`x` could not be converted to an array: {err}") from err
+    if x.dtype.kind not in "fiub":
+        raise ValueError(f"`x` must be numeric; got dtype {x.dtype}.")
+    if x.ndim < 2:
+        raise ValueError(f"`x` must have a batch axis and at least one feature axis; "
+                         f"got shape {x.shape}.")
+    if x.shape[0] == 0 or x.size == 0:
+        raise ValueError(f"`x` is empty (shape {x.shape}); the NTK needs at least one example.")
+    if not np.all(np.isfinite(x)):
+        bad = int(np.sum(~np.isfinite(x)))
+        raise ValueError(f"`x` contains {bad} NaN or inf value(s); the NTK of non-finite inputs "
+                         f"is undefined.")
+    expected = _expected_input_shape(model)
+    if expected is not None:
+        got = x.shape[1:]
+        if len(expected) != len(got) or any(e is not None and e != g
+                                            for e, g in zip(expected, got)):
+            raise ValueError(f"`x` has per-example shape {tuple(got)} but the model expects "
+                             f"{tuple(expected)} (None = any).")
+    if not model.built or not model.trainable_variables:
+        try:
+            model(x[:1].astype(np.float32) if x.dtype.kind != "f" else x[:1])
+        except Exception as err:
+            raise ValueError(f"The model could not be built/called on `x` of shape {x.shape}: "
+                             f"{err}") from err
+    if not model.trainable_variables:
+        raise ValueError("The model has no trainable variables; its NTK is zero by definition.")
+    return x
+
+
+def _expected_input_shape(model) -> Optional[tuple]:
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not inputs or len(inputs) != 1:
+        return None
+    return tuple(inputs[0].shape)[1:]
+
+
+def resolve_dtype(model: keras.Model, dtype) -> str:
+    """The compute dtype of the engine: ``dtype`` if given (float32 or float64), else float64 for a
+    model with float64 weights and float32 otherwise (mixed-precision models are lifted to
+    float32)."""
+    if dtype is None:
+        widest = {v.dtype for v in model.trainable_variables}
+        return "float64" if "float64" in widest else "float32"
+    dtype = keras.backend.standardize_dtype(dtype)
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"`dtype` must be None, 'float32' or 'float64'; got {dtype!r}.")
+    return dtype
+
+
+@contextlib.contextmanager
+def compute_dtype(model: keras.Model, dtype: str) -> Iterator[None]:
+    """Temporarily run every layer of ``model`` in ``dtype`` (variables are read through Keras'
+    autocast), e.g. a ``mixed_float16`` model in float32. Restored on exit, even on error."""
+    changed = []
+    try:
+        for layer in model._flatten_layers(include_self=True, recursive=True):
+            cd = layer.compute_dtype
+            if cd in _FLOATS and cd != dtype:
+                changed.append((layer, layer._dtype_policy))
+                layer._dtype_policy = keras.dtype_policies.DTypePolicy(dtype)
+        yield
+    finally:
+        for layer, policy in reversed(changed):
+            layer._dtype_policy = policy
+
+
+def read_values(model: keras.Model):
+    """Current values of the trainable and non-trainable variables, as plain tensors."""
+    return ([tf.identity(v.value) for v in model.trainable_variables],
+            [tf.identity(v.value) for v in model.non_trainable_variables])
+
+
+def forward(model: keras.Model, trainable_values: List[tf.Tensor],
+            non_trainable_values: List[tf.Tensor], x: tf.Tensor, training: bool,
+            dtype: str) -> tf.Tensor:
+    """``f(w; x)`` through ``model.stateless_call`` (no state update), every output flattened and
+    concatenated to ``(n, c)`` in ``dtype`` (output ``k`` is column ``k``)."""
+    out, _ = model.stateless_call(trainable_values, non_trainable_values, x, training=training)
+    n = tf.shape(x)[0]
+    parts = [tf.reshape(tf.cast(o, dtype), (n, -1)) for o in tf.nest.flatten(out)]
+    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+
+
+def check_outputs(outputs: Outputs, n_outputs: int) -> Outputs:
+    """Validate ``outputs`` ("trace", "full" or an output index) against ``n_outputs``."""
+    if isinstance(outputs, str):
+        if outputs not in ("trace", "full"):
+            raise ValueError(f"`outputs` must be 'trace', 'full' or an int; got {outputs!r}.")
+        return outputs
+    if isinstance(outputs, (bool, np.bool_)) or not isinstance(outputs, (int, np.integer)):
+        raise ValueError(f"`outputs` must be 'trace', 'full' or an int; got {outputs!r}.")
+    k = int(outputs)
+    if not -n_outputs <= k < n_outputs:
+        raise ValueError(f"`outputs={k}` is out of range for a model with {n_outputs} output "
+                         f"unit(s).")
+    return k % n_outputs
+
+
+def count_outputs(model: keras.Model, x: np.ndarray) -> int:
+    """Number of output units ``c`` (all outputs flattened per example)."""
+    try:
+        out = model.compute_output_spec(
+            keras.KerasTensor((1,) + tuple(x.shape[1:]), dtype="float32"))
+    except Exception:  # some subclassed models cannot be traced symbolically
+        out = model(x[:1])
+    return int(sum(np.prod(o.shape[1:], dtype=np.int64) for o in tf.nest.flatten(out)))
+
+
+def batch_mixing_layers(model: keras.Model, training: bool) -> List[str]:
+    """Names of layers known to couple the examples of a batch (BatchNormalization in training
+    mode)."""
+    if not training:
+        return []
+    return [layer.name for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]

@@ -1,0 +1,472 @@
+"""Exact empirical NTK of a Keras model (thesis Def. 4.2.1; SPEC §1, §3).
+
+``K_ij = <df(x_i)/dw, df(x_j)/dw>`` over the model's trainable weights ``w``.
+
+Conventions
+-----------
+* All outputs of the model are flattened per example and concatenated into ``c`` output units;
+  unit ``k`` of example ``i`` is ``f_k(x_i)``.
+* ``outputs="trace"`` (default): the ``n x n`` kernel summed over output units,
+  ``K_ij = sum_k <df_k(x_i)/dw, df_k(x_j)/dw>``.
+* ``outputs="full"``: the ``(n c) x (n c)`` kernel, row/column ``i * c + k`` is (example ``i``,
+  output ``k``).
+* ``outputs=k`` (int): the ``n x n`` kernel of output unit ``k`` alone.
+* The result is a float64 numpy array. The forward/backward passes run in ``dtype`` (float32 for
+  float32 and mixed-precision models, float64 for float64 models) and per-layer blocks are summed
+  in float64.
+
+Methods and their cost
+----------------------
+Notation: ``n`` examples, ``c`` output units (1 for ``"trace"``/int would still need ``c``
+backward passes for ``"trace"``), ``P`` parameters, and for one layer ``F`` its fan-in, ``C`` its
+output channels and ``S`` its output positions (1 for a Dense layer on 2-D input).
+
+* ``"structured"`` — per-layer factorization (SPEC §3). A layer computing ``z = m_W a W + m_b b``
+  has per-example gradient ``m_W sum_s a_is d_is^T``, with ``d = dL/dz`` the cotangent of
+  ``L = sum_i f_k(x_i)``; because examples are independent, ONE forward pass and ``c`` backward
+  passes *to the pre-activations only* (no weight gradients) give all ``d``. Then, per layer:
+
+  - dense (``S = 1``): ``K_W = m_W^2 (A A^T) ⊙ (D D^T)``, ``K_b = m_b^2 D D^T``;
+    time ``O(n^2 (F + c C))``, memory ``O(n^2 + n (F + c C))``.
+  - conv / dense on rank > 2 inputs, *patch form*:
+    ``K_ij = m_W^2 sum_{s,t} <P_is, P_jt> <D_is, D_jt>`` with ``P`` the input patches;
+    time ``O(n^2 S^2 (F + c C))``, memory ``O(n^2 S^2)``.
+  - same, *per-example-gradient form*: ``G_i = P_i^T D_i`` (``F x C``), ``K = G G^T``;
+    time ``O(n S F C c + n^2 F C c)``, memory ``O(n (S F + c F C))``.
+
+  The cheaper of the two forms (by a multiply-add count) is chosen per layer. Covered layers:
+  ``kerntk.layers.NTKDense`` (and ``PolyDense``), ``kerntk.layers.BaseNTKConv`` (``NTKConv1D``,
+  ``NTKConv2D``, ``PolyConv2D``), and plain ``keras.layers.Dense`` / ``Conv1D`` / ``Conv2D``
+  (channels_last, no dilation, no groups, no LoRA/quantization), each called once per forward
+  pass. Raises ``ValueError`` if any trainable variable is not covered, or if the model couples
+  the examples of a batch (BatchNormalization in training mode, or any layer whose output for an
+  example depends on the other examples — detected by comparing ``f(x[:2])`` with ``f(x)[:2]``).
+* ``"jacobian"`` — the generic fallback: the batched Jacobian ``J`` (``n c x P``, one backward
+  pass per row vectorized with ``pfor``), then ``K = J J^T``. Time ``O(n c P)`` for ``J`` (the cost
+  of ``n c`` backward passes) plus ``O(n^2 c P)``; memory ``O(n c P)``. Exact for any model,
+  including batch-coupled ones (it differentiates the batched function).
+* ``"auto"`` (default) — ``"structured"`` for every variable it covers and ``"jacobian"`` for the
+  others (e.g. LayerNormalization scales) within the same passes; the two blocks are added. If the
+  model couples the batch it falls back to ``"jacobian"`` for everything, with a warning.
+
+``block_size`` computes ``K`` in ``block_size x block_size`` tiles (the upper triangle, then
+mirrored): the memory of every method then depends on ``block_size`` instead of ``n``, at the
+price of ``ceil(n / block_size)`` passes per tile row. Tiles need independent examples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from kerntk.layers import BaseNTKConv, NTKDense
+from kerntk.ntk._common import (batch_mixing_layers, check_inputs, check_outputs, compute_dtype,
+                                count_outputs, forward, read_values, resolve_dtype)
+
+__all__ = ["empirical_ntk"]
+
+METHODS = ("auto", "structured", "jacobian")
+_ZERO = tf.UnconnectedGradients.ZERO
+# Largest patch-form Gram (in elements) we are willing to form for one layer.
+_MAX_PATCH_GRAM = 2 ** 27
+
+
+@dataclass
+class _Site:
+    """One factorizable layer: ``z = pre(a)``, ``out = post(z)``, ``z = m_W a W + m_b b``."""
+
+    layer: keras.layers.Layer
+    kind: str                       # "dense" or "conv"
+    pre: Callable
+    post: Callable
+    kernel_index: int               # position of the kernel in model.trainable_variables
+    bias_index: Optional[int]       # position of the bias, None if absent or frozen
+    kernel_multiplier: float
+    bias_multiplier: float
+    kernel_size: tuple = ()
+    strides: tuple = ()
+    padding: str = "valid"
+    records: List[tuple] = field(default_factory=list)
+
+
+def _keras_conv_ok(layer) -> bool:
+    return (type(layer) in (keras.layers.Conv1D, keras.layers.Conv2D)
+            and layer.data_format == "channels_last" and layer.groups == 1
+            and all(r == 1 for r in layer.dilation_rate)
+            and layer.padding in ("valid", "same"))
+
+
+def _site_for(layer, index_of: Dict[int, int]) -> Optional[_Site]:
+    """The factorization of ``layer`` if it is a supported linear-map layer, else None."""
+    if getattr(layer, "lora_enabled", False) or layer.dtype_policy.quantization_mode is not None:
+        return None
+    kernel = getattr(layer, "kernel", None)
+    if kernel is None or id(kernel) not in index_of:
+        return None
+    bias = getattr(layer, "bias", None)
+    bias_index = index_of.get(id(bias)) if bias is not None else None
+    common = dict(kernel_index=index_of[id(kernel)], bias_index=bias_index)
+    if isinstance(layer, NTKDense):
+        return _Site(layer, "dense", layer.preactivation, layer.postactivation,
+                     kernel_multiplier=float(layer.kernel_multiplier),
+                     bias_multiplier=float(layer.bias_multiplier), **common)
+    if isinstance(layer, BaseNTKConv):
+        return _Site(layer, "conv", layer.preactivation, layer.postactivation,
+                     kernel_multiplier=float(layer.kernel_multiplier),
+                     bias_multiplier=float(layer.bias_multiplier),
+                     kernel_size=tuple(layer.kernel_size), strides=tuple(layer.strides),
+                     padding=layer.padding, **common)
+    if type(layer) is keras.layers.Dense:
+        def pre(a, layer=layer):
+            z = ops.matmul(a, layer.kernel)
+            return z + layer.bias if layer.bias is not None else z
+        return _Site(layer, "dense", pre, layer.activation, kernel_multiplier=1.0,
+                     bias_multiplier=1.0, **common)
+    if _keras_conv_ok(layer):
+        def pre(a, layer=layer):
+            z = layer.convolution_op(a, layer.kernel)
+            return z + layer.bias if layer.bias is not None else z
+        return _Site(layer, "conv", pre, layer.activation, kernel_multiplier=1.0,
+                     bias_multiplier=1.0, kernel_size=tuple(layer.kernel_size),
+                     strides=tuple(layer.strides), padding=layer.padding, **common)
+    return None
+
+
+def _find_sites(model: keras.Model, index_of: Dict[int, int]) -> List[_Site]:
+    sites = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        site = _site_for(layer, index_of)
+        if site is not None:
+            sites.append(site)
+    return sites
+
+
+@contextlib.contextmanager
+def _capture(sites: List[_Site]) -> Iterator[None]:
+    """Replace each site's ``call`` (instance attribute) by ``post(pre(a))`` that records ``(a, z)``.
+
+    Restored on exit, even on error."""
+    patched = []
+    try:
+        for site in sites:
+            layer = site.layer
+            previous = layer.__dict__.get("call", None)
+
+            def call(inputs, *args, _site=site, **kwargs):
+                z = _site.pre(inputs)
+                _site.records.append((inputs, z))
+                return _site.post(z)
+
+            object.__setattr__(layer, "call", call)
+            patched.append((layer, previous))
+        yield
+    finally:
+        for layer, previous in reversed(patched):
+            if previous is None:
+                object.__delattr__(layer, "call")
+            else:
+                object.__setattr__(layer, "call", previous)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-layer blocks. A: (n, S, F) layer inputs (patches); D: (c, n, S, C) cotangents of z.
+# "trace" blocks are (n1, n2) summed over the c outputs, "full" blocks (n1 c, n2 c).
+
+
+def _patches(a: tf.Tensor, site: _Site) -> tf.Tensor:
+    """Input patches ``(n, S, F)`` of a dense (any rank) or channels_last conv layer; the patch
+    order within F is irrelevant since only inner products of patches are used."""
+    n = a.shape[0]
+    if site.kind == "dense":
+        return tf.reshape(a, (n, -1, a.shape[-1]))
+    sizes, strides = list(site.kernel_size), list(site.strides)
+    if len(sizes) == 1:
+        a, sizes, strides = a[:, None], [1] + sizes, [1] + strides
+    elif len(sizes) != 2:
+        raise NotImplementedError("only 1-D and 2-D convolutions are factorized")
+    p = tf.image.extract_patches(a, sizes=[1] + sizes + [1], strides=[1] + strides + [1],
+                                 rates=[1, 1, 1, 1], padding=site.padding.upper())
+    return tf.reshape(p, (n, -1, p.shape[-1]))
+
+
+def _output_gram(B1: tf.Tensor, B2: tf.Tensor, full: bool) -> tf.Tensor:
+    """Gram of per-example, per-output vectors B: (c, n, C) -> (n1, n2) summed over c, or
+    (n1 c, n2 c) indexed i*c+k."""
+    c, n1, n2 = B1.shape[0], B1.shape[1], B2.shape[1]
+    B1 = tf.transpose(B1, (1, 0, 2))
+    B2 = tf.transpose(B2, (1, 0, 2))
+    if full:
+        return tf.matmul(tf.reshape(B1, (n1 * c, -1)), tf.reshape(B2, (n2 * c, -1)),
+                         transpose_b=True)
+    return tf.matmul(tf.reshape(B1, (n1, -1)), tf.reshape(B2, (n2, -1)), transpose_b=True)
+
+
+def _choose_form(n1: int, n2: int, S: int, F: int, C: int, c: int, full: bool) -> str:
+    """'patch' or 'grad', whichever needs fewer multiply-adds (patch also capped in memory)."""
+    if S == 1:
+        return "patch"
+    pairs = c * c if full else 1
+    patch = n1 * n2 * S * S * (F + c * C + pairs)
+    grad = (n1 + n2) * S * F * C * c + n1 * n2 * F * C * (c * c if full else c)
+    if n1 * n2 * S * S * pairs > _MAX_PATCH_GRAM:
+        return "grad"
+    return "patch" if patch < grad else "grad"
+
+
+def _weight_block(A1, A2, D1, D2, full: bool) -> tf.Tensor:
+    """``sum over positions of <a_is, a_jt><d_is, d_jt>`` (without the multiplier)."""
+    n1, S, F = A1.shape
+    n2 = A2.shape[0]
+    c, C = D1.shape[0], D1.shape[-1]
+    form = _choose_form(n1, n2, S, F, C, c, full)
+    if form == "patch" and S == 1:
+        GA = tf.matmul(A1[:, 0], A2[:, 0], transpose_b=True)
+        GD = _output_gram(D1[:, :, 0], D2[:, :, 0], full)
+        if full:
+            GA = tf.repeat(tf.repeat(GA, c, axis=0), c, axis=1)
+        return GA * GD
+    if form == "patch":
+        GA = tf.reshape(tf.matmul(tf.reshape(A1, (n1 * S, F)), tf.reshape(A2, (n2 * S, F)),
+                                  transpose_b=True), (n1, S, n2, S))
+        if full:
+            d1 = tf.reshape(tf.transpose(D1, (1, 0, 2, 3)), (n1 * c * S, C))
+            d2 = tf.reshape(tf.transpose(D2, (1, 0, 2, 3)), (n2 * c * S, C))
+            GD = tf.reshape(tf.matmul(d1, d2, transpose_b=True), (n1, c, S, n2, c, S))
+            K = tf.einsum("isjt,iksjlt->ikjl", GA, GD)
+            return tf.reshape(K, (n1 * c, n2 * c))
+        d1 = tf.reshape(tf.transpose(D1, (1, 2, 0, 3)), (n1 * S, c * C))
+        d2 = tf.reshape(tf.transpose(D2, (1, 2, 0, 3)), (n2 * S, c * C))
+        GD = tf.reshape(tf.matmul(d1, d2, transpose_b=True), (n1, S, n2, S))
+        return tf.reduce_sum(GA * GD, axis=(1, 3))
+
+    def grads(A, D):  # per-example, per-output weight gradients (n, c, F*C)
+        n = A.shape[0]
+        Dt = tf.reshape(tf.transpose(D, (1, 2, 0, 3)), (n, S, c * C))
+        G = tf.reshape(tf.matmul(A, Dt, transpose_a=True), (n, F, c, C))
+        return tf.reshape(tf.transpose(G, (0, 2, 1, 3)), (n, c, F * C))
+
+    G1 = grads(A1, D1)
+    G2 = G1 if (A2 is A1 and D2 is D1) else grads(A2, D2)
+    if full:
+        return tf.matmul(tf.reshape(G1, (n1 * c, -1)), tf.reshape(G2, (n2 * c, -1)),
+                         transpose_b=True)
+    return tf.matmul(tf.reshape(G1, (n1, -1)), tf.reshape(G2, (n2, -1)), transpose_b=True)
+
+
+def _site_kernel(site: _Site, D: tf.Tensor, n1: int, cross: bool, full: bool) -> tf.Tensor:
+    """Kernel block (float64) of one site's kernel and bias; D: (c, n, *z.shape[1:])."""
+    a, _ = site.records[0]
+    A = _patches(a, site)
+    c, n = D.shape[0], D.shape[1]
+    D = tf.reshape(D, (c, n, A.shape[1], -1))
+    if cross:
+        A1, A2, D1, D2 = A[:n1], A[n1:], D[:, :n1], D[:, n1:]
+    else:
+        A1 = A2 = A
+        D1 = D2 = D
+    K = tf.cast(_weight_block(A1, A2, D1, D2, full), tf.float64) * site.kernel_multiplier ** 2
+    if site.bias_index is not None:
+        B1 = tf.reduce_sum(D1, axis=2)
+        B2 = B1 if not cross else tf.reduce_sum(D2, axis=2)
+        K += tf.cast(_output_gram(B1, B2, full), tf.float64) * site.bias_multiplier ** 2
+    return K
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _make_kernel_fn(model: keras.Model, method: str, outputs, dtype: str, training: bool,
+                    cross: bool):
+    """A compiled ``(x1[, x2]) -> (K, f(x)[:m], f(x[:m]))`` for one configuration."""
+
+    def kernel(x1, x2=None):
+        n1 = x1.shape[0]
+        x = tf.concat([x1, x2], axis=0) if cross else x1
+        n = x.shape[0]
+        tvars = model.trainable_variables
+        index_of = {id(v): i for i, v in enumerate(tvars)}
+        sites = [] if method == "jacobian" else _find_sites(model, index_of)
+        with compute_dtype(model, dtype):
+            vals, ntvals = read_values(model)
+            with _capture(sites):
+                with tf.GradientTape(persistent=True) as tape:
+                    tape.watch(vals)
+                    out = forward(model, vals, ntvals, x, training, dtype)
+                    # Targets are recorded on the tape: the sums give the cotangents D, the
+                    # selected columns the Jacobian of the uncovered variables.
+                    cols = list(range(out.shape[1])) if isinstance(outputs, str) else [outputs]
+                    sums = [tf.reduce_sum(out[:, k]) for k in cols]
+                    target = tf.gather(out, cols, axis=1)
+            m = min(2, n)
+            probe = forward(model, vals, ntvals, x[:m], training, dtype)
+        full = outputs == "full"
+        active = [s for s in sites if len(s.records) == 1]
+        covered = set()
+        for s in active:
+            covered.add(s.kernel_index)
+            if s.bias_index is not None:
+                covered.add(s.bias_index)
+        rest = [i for i in range(len(tvars)) if i not in covered]
+        if method == "structured" and rest:
+            names = ", ".join(tvars[i].path for i in rest)
+            raise ValueError(f"method='structured' cannot factorize these trainable variables: "
+                             f"{names}. Use method='auto' (structured + jacobian for the rest) "
+                             f"or method='jacobian'.")
+        shape = (n1 * len(cols), (n - n1 if cross else n1) * len(cols)) if full else \
+            (n1, n - n1 if cross else n1)
+        K = tf.zeros(shape, tf.float64)
+        if active:
+            zs = [s.records[0][1] for s in active]
+            per_output = [tape.gradient(total, zs, unconnected_gradients=_ZERO)
+                          for total in sums]
+            for j, site in enumerate(active):
+                D = tf.stack([tf.cast(g[j], dtype) for g in per_output])
+                K += _site_kernel(site, D, n1, cross, full)
+        if rest:
+            jacs = tape.jacobian(target, [vals[i] for i in rest], unconnected_gradients=_ZERO,
+                                 experimental_use_pfor=True)
+            J = tf.concat([tf.reshape(tf.cast(j, dtype), (n, len(cols), -1)) for j in jacs],
+                          axis=2)
+            J1, J2 = (J[:n1], J[n1:]) if cross else (J, J)
+            rows = (lambda t: tf.reshape(t, (-1, t.shape[-1]))) if full else \
+                (lambda t: tf.reshape(t, (t.shape[0], -1)))
+            K += tf.cast(tf.matmul(rows(J1), rows(J2), transpose_b=True), tf.float64)
+        del tape
+        return K, out[:m], probe
+
+    if cross:
+        return tf.function(lambda x1, x2: kernel(x1, x2), autograph=False)
+    return tf.function(lambda x1: kernel(x1), autograph=False)
+
+
+def _cached_kernel_fn(model, method, outputs, dtype, training, cross):
+    cache = model.__dict__.get("_kerntk_ntk_cache")
+    if cache is None:
+        cache = {}
+        object.__setattr__(model, "_kerntk_ntk_cache", cache)
+    key = ("empirical", method, outputs, dtype, bool(training), cross,
+           tuple(id(v) for v in model.trainable_variables))
+    if key not in cache:
+        cache[key] = _make_kernel_fn(model, method, outputs, dtype, training, cross)
+    return cache[key]
+
+
+def _mixes_batch(first_rows: np.ndarray, probe: np.ndarray, dtype: str) -> bool:
+    """Whether f(x[:m]) differs from f(x)[:m] beyond round-off."""
+    scale = max(float(np.max(np.abs(first_rows))), float(np.max(np.abs(probe))), 1e-30)
+    rtol = 1e-9 if dtype == "float64" else 1e-4
+    return bool(np.max(np.abs(first_rows - probe)) > rtol * scale) or \
+        not np.all(np.isfinite(probe))
+
+
+def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
+                  outputs: Union[str, int] = "trace", block_size: Optional[int] = None,
+                  training: bool = False, dtype=None) -> np.ndarray:
+    """Exact empirical NTK ``K_ij = <df(x_i)/dw, df(x_j)/dw>`` over ``model.trainable_variables``.
+
+    See the module docstring (:mod:`kerntk.ntk.empirical`) for the conventions and the cost of
+    each method.
+
+    Args:
+        model: a Keras model (or layer) with one array input; built on ``x`` if needed.
+        x: array ``(n, ...)`` of inputs, finite and non-empty.
+        method: ``"auto"`` (default), ``"structured"`` or ``"jacobian"``.
+        outputs: ``"trace"`` (``n x n``, summed over output units), ``"full"``
+            (``(n c) x (n c)``, index ``i * c + k``) or an int (that output unit, ``n x n``).
+        block_size: compute ``K`` in tiles of this many examples (bounded memory); ``None`` does
+            all ``n`` at once.
+        training: the ``training`` flag of the forward pass (no state is updated).
+        dtype: compute dtype, ``"float32"`` or ``"float64"``; ``None`` picks float64 for float64
+            models and float32 otherwise (mixed-precision models run in float32).
+
+    Returns:
+        float64 numpy array, symmetric positive semi-definite up to round-off.
+
+    Raises:
+        ValueError: bad ``x`` (NaN/inf, empty, wrong shape), bad arguments, ``"structured"`` on a
+            model with layers it cannot factorize or whose examples are coupled (e.g.
+            BatchNormalization with ``training=True``), tiles on a batch-coupled model.
+
+    Example:
+        >>> model = kerntk.models.fcn(3, 256, input_shape=(10,))
+        >>> K = empirical_ntk(model, np.random.randn(32, 10))   # (32, 32)
+    """
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
+    if block_size is not None and (isinstance(block_size, bool) or
+                                   not isinstance(block_size, (int, np.integer))
+                                   or block_size <= 0):
+        raise ValueError(f"`block_size` must be None or a positive int; got {block_size!r}.")
+    x = check_inputs(model, x)
+    dt = resolve_dtype(model, dtype)
+    outputs = check_outputs(outputs, count_outputs(model, x))
+    n = x.shape[0]
+    bs = n if block_size is None else min(int(block_size), n)
+
+    coupled = batch_mixing_layers(model, training)
+    if coupled and method != "jacobian":
+        if method == "structured":
+            raise ValueError(f"method='structured' needs independent examples, but these layers "
+                             f"couple the batch with training=True: {coupled}. Use "
+                             f"training=False or method='jacobian'.")
+        warnings.warn(f"Layers {coupled} couple the batch with training=True; computing the NTK "
+                      f"with method='jacobian'.", stacklevel=2)
+        method = "jacobian"
+    if coupled and bs < n:
+        raise ValueError(f"block_size needs independent examples, but these layers couple the "
+                         f"batch with training=True: {coupled}.")
+
+    try:
+        return _tiled(model, x, method, outputs, dt, training, bs)
+    except _BatchCoupled:
+        if method == "structured":
+            raise ValueError("method='structured' needs independent examples, but the model's "
+                             "output for an example depends on the rest of the batch "
+                             "(f(x[:2]) != f(x)[:2]); use method='jacobian'.") from None
+        if bs < n:
+            raise ValueError("block_size needs independent examples, but the model's output for "
+                             "an example depends on the rest of the batch "
+                             "(f(x[:2]) != f(x)[:2]).") from None
+        if method == "jacobian":
+            raise AssertionError("unreachable: the jacobian method is checked only in tiles")
+        warnings.warn("The model couples the examples of a batch (f(x[:2]) != f(x)[:2]); "
+                      "computing the NTK with method='jacobian'.", stacklevel=2)
+        return _tiled(model, x, "jacobian", outputs, dt, training, bs)
+
+
+class _BatchCoupled(Exception):
+    pass
+
+
+def _tiled(model, x, method, outputs, dt, training, bs) -> np.ndarray:
+    n = x.shape[0]
+    reps = 1
+    if outputs == "full":
+        reps = count_outputs(model, x)
+    K = np.empty((n * reps, n * reps), dtype=np.float64)
+    starts = list(range(0, n, bs))
+    x = tf.constant(x, dtype=dt)
+    check = method != "jacobian" or bs < n
+    for a, s in enumerate(starts):
+        xs = x[s:s + bs]
+        rs = slice(s * reps, min(s + bs, n) * reps)
+        blk, first, probe = _cached_kernel_fn(model, method, outputs, dt, training, False)(xs)
+        if check and a == 0 and _mixes_batch(first.numpy(), probe.numpy(), dt):
+            raise _BatchCoupled()
+        K[rs, rs] = blk.numpy()
+        for t in starts[a + 1:]:
+            rt = slice(t * reps, min(t + bs, n) * reps)
+            blk, _, _ = _cached_kernel_fn(model, method, outputs, dt, training, True)(
+                xs, x[t:t + bs])
+            blk = blk.numpy()
+            K[rs, rt] = blk
+            K[rt, rs] = blk.T
+    return K
