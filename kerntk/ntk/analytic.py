@@ -317,9 +317,9 @@ def kernel_regression(K_train, K_test, y_train, t: Optional[float] = None,
             raise ValueError(f"With `lr`, `t` counts GD steps and must be an integer; got {t!r}.")
         t = int(t)
         base = 1.0 - lr * a * lam
+        step = np.where(base > 0, lr * a * lam, 0.0)     # log1p only where 1 - step > 0
         with np.errstate(over="ignore", invalid="ignore"):
-            num = np.where(base > 0, -np.expm1(t * np.log1p(-lr * a * np.minimum(lam, 1.0 / (lr * a)))),
-                           1.0 - base ** t)
+            num = np.where(base > 0, -np.expm1(t * np.log1p(-step)), 1.0 - base ** t)
         h = np.where(lam > 0, num / np.where(lam > 0, lam, 1.0), t * lr * a)
     R = (Y - F0).reshape(-1) if full else (Y - F0)
     coef = U @ (h[:, None] * (U.T @ R.reshape(K.shape[0], -1)))
