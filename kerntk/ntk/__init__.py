@@ -5,6 +5,6 @@
 """
 
 from kerntk.ntk.empirical import empirical_ntk
-# from kerntk.ntk.operator import ntk_operator
+from kerntk.ntk.operator import ntk_operator
 
-__all__ = ["empirical_ntk"]
+__all__ = ["empirical_ntk", "ntk_operator"]
