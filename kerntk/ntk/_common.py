@@ -91,7 +91,10 @@ def compute_dtype(model: keras.Model, dtype: str) -> Iterator[None]:
             cd = layer.compute_dtype
             if cd in _FLOATS and cd != dtype:
                 changed.append((layer, layer._dtype_policy))
-                layer._dtype_policy = keras.dtype_policies.DTypePolicy(dtype)
+                policy = keras.dtype_policies.DTypePolicy(dtype)
+                # Keep the variable dtype, so that Keras autocasts variable reads to `dtype`.
+                policy._variable_dtype = layer.variable_dtype
+                layer._dtype_policy = policy
         yield
     finally:
         for layer, policy in reversed(changed):

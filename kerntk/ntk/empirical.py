@@ -388,7 +388,7 @@ def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
             models and float32 otherwise (mixed-precision models run in float32).
 
     Returns:
-        float64 numpy array, symmetric positive semi-definite up to round-off.
+        float64 numpy array, exactly symmetric, positive semi-definite up to round-off.
 
     Raises:
         ValueError: bad ``x`` (NaN/inf, empty, wrong shape), bad arguments, ``"structured"`` on a
@@ -469,4 +469,7 @@ def _tiled(model, x, method, outputs, dt, training, bs) -> np.ndarray:
             blk = blk.numpy()
             K[rs, rt] = blk
             K[rt, rs] = blk.T
+    # Exactly symmetric (the diagonal tiles are only symmetric up to round-off).
+    K += K.T
+    K *= 0.5
     return K
