@@ -1,0 +1,221 @@
+"""Average gradient outer product (AGOP) and AGOP alignment (thesis Eq. 4.5-4.6).
+
+For a model (or any differentiable callable) ``f: R^d -> R^c`` and inputs ``x_1..x_n`` (any shape,
+flattened to ``d`` features)
+
+    G = (1/n) sum_i sum_o grad_x f_o(x_i) grad_x f_o(x_i)^T = (1/n) sum_i J(x_i)^T J(x_i)   (Eq. 4.5)
+
+and the alignment of two AGOPs is the cosine ``Tr(G^T G*) / (||G||_F ||G*||_F)`` (Eq. 4.6).
+
+Everything here can work from the *gradient factor* ``F`` (``n c x d``, row ``i c + o`` =
+``grad_x f_o(x_i)``) with ``G = F^T F / n`` instead of the ``d x d`` matrix, so large ``d``
+(images) never needs a ``d x d`` array: ``Tr(G G*) = ||F F*^T||_F^2 / (n n*)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Union
+
+import numpy as np
+
+__all__ = ["AGOPFactor", "agop", "egop", "alignment"]
+
+
+class AGOPFactor(NamedTuple):
+    """Low-rank form of an AGOP: ``G = factor^T factor / n``.
+
+    Attributes:
+        factor: ``(n c, d)`` float64 gradient rows (sample-major: row ``i c + o``), centered
+            per output when the AGOP was centered.
+        n: number of samples the AGOP averages over.
+    """
+
+    factor: np.ndarray
+    n: int
+
+    def matrix(self) -> np.ndarray:
+        """The ``d x d`` AGOP (O(n c d^2))."""
+        return self.factor.T @ self.factor / self.n
+
+
+def _input_gradients(fn: Callable, x: np.ndarray, dtype, batch_size: Optional[int]) -> np.ndarray:
+    """``(n, c, d)`` per-example input Jacobians.
+
+    One backward pass per output of ``sum_i f_o(x_i)``: the gradient in ``x_i`` of that sum is
+    ``grad f_o(x_i)`` because samples are independent (the model must not mix the batch, which
+    holds for inference-mode Keras models).
+    """
+    import tensorflow as tf
+
+    n = x.shape[0]
+    bs = n if batch_size is None else batch_size
+    chunks = []
+    for start in range(0, n, bs):
+        xb = tf.convert_to_tensor(x[start:start + bs], dtype=dtype)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(xb)
+            out = fn(xb)
+            out = tf.reshape(out, (tf.shape(xb)[0], -1))
+        c = int(out.shape[1])
+        grads = []
+        for o in range(c):
+            # Cotangent e_o on every sample: the gradient of sum_i f_o(x_i).
+            seed = tf.one_hot(tf.fill([tf.shape(out)[0]], o), c, dtype=out.dtype)
+            g = tape.gradient(out, xb, output_gradients=seed, unconnected_gradients="zero")
+            grads.append(tf.reshape(g, (tf.shape(xb)[0], -1)))
+        del tape
+        chunks.append(np.stack([np.asarray(g, dtype=np.float64) for g in grads], axis=1))
+    return np.concatenate(chunks, axis=0)
+
+
+def _callable_and_dtype(model_or_callable):
+    import keras
+
+    if isinstance(model_or_callable, keras.Model) or isinstance(model_or_callable,
+                                                                  keras.layers.Layer):
+        model = model_or_callable
+        dtype = model.dtype_policy.compute_dtype if hasattr(model, "dtype_policy") else "float32"
+        if dtype in ("float16", "bfloat16"):
+            raise ValueError("Mixed-precision model: input gradients in float16 are too coarse; "
+                             "compute the AGOP of a float32 copy.")
+        return (lambda t: model(t, training=False)), dtype
+    if not callable(model_or_callable):
+        raise ValueError(f"Expected a Keras model or a callable; got {model_or_callable!r}.")
+    return model_or_callable, "float64"
+
+
+def agop(model_or_callable, x, *, center: bool = False, low_rank: bool = False,
+         batch_size: Optional[int] = None, dtype=None) -> Union[np.ndarray, AGOPFactor]:
+    """AGOP ``G = (1/n) sum_i J(x_i)^T J(x_i)`` of a model or callable on ``x`` (thesis Eq. 4.5).
+
+    Args:
+        model_or_callable: a Keras model (called with ``training=False``, in its compute dtype) or
+            a callable mapping a ``tf.Tensor`` ``(b, ...)`` to ``(b,)`` or ``(b, c)`` with
+            TensorFlow ops (called in float64 unless ``dtype`` is given).
+        x: ``(n, ...)`` inputs; ``d = prod(x.shape[1:])``.
+        center: subtract the mean gradient per output: ``G_c = (1/n) sum_i sum_o
+            (g_io - gbar_o)(g_io - gbar_o)^T = G - sum_o gbar_o gbar_o^T`` (the gradient
+            covariance; removes the contribution of a globally linear part of ``f``).
+        low_rank: return an :class:`AGOPFactor` (``F`` of shape ``(n c, d)``, ``G = F^T F / n``)
+            instead of the ``d x d`` matrix.
+        batch_size: process ``x`` in chunks of this many samples (memory).
+        dtype: dtype to run the callable/model in (default: model compute dtype / float64).
+
+    Returns:
+        ``(d, d)`` float64 array, or :class:`AGOPFactor`.
+
+    Raises:
+        ValueError: empty ``x``, NaN/inf in ``x`` or in the gradients, bad ``batch_size``.
+
+    Cost: ``c`` backward passes of the batch (one per output) plus ``O(n c d^2)`` for ``F^T F``
+    (``O(n c d)`` memory with ``low_rank=True``).
+    """
+    x = np.asarray(x)
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"`x` must be a non-empty batch; got shape {x.shape}.")
+    if not np.all(np.isfinite(x.astype(np.float64))):
+        raise ValueError("`x` contains NaN or inf.")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+            batch_size, (int, np.integer)) or batch_size < 1):
+        raise ValueError(f"`batch_size` must be a positive integer; got {batch_size!r}.")
+    fn, default_dtype = _callable_and_dtype(model_or_callable)
+    if x.ndim == 1:
+        x = x[:, None]
+    J = _input_gradients(fn, x, dtype or default_dtype, batch_size)
+    if not np.all(np.isfinite(J)):
+        raise ValueError("The input gradients contain NaN or inf.")
+    n, c, d = J.shape
+    if center:
+        J = J - J.mean(axis=0, keepdims=True)
+    F = J.reshape(n * c, d)
+    if low_rank:
+        return AGOPFactor(F, n)
+    return F.T @ F / n
+
+
+def egop(f_star: Callable, x, *, center: bool = False, low_rank: bool = False,
+         batch_size: Optional[int] = None, dtype="float64") -> Union[np.ndarray, AGOPFactor]:
+    """Expected gradient outer product of a target ``f*`` estimated on samples ``x``:
+    ``G* = (1/n) sum_i grad f*(x_i) grad f*(x_i)^T`` — :func:`agop` of a callable (TensorFlow
+    ops, float64 by default). E.g. ``f*(x) = x_1 x_2`` on ``N(0, I_d)`` has ``G* -> diag(1, 1,
+    0, ..., 0)``. Arguments as :func:`agop`."""
+    return agop(f_star, x, center=center, low_rank=low_rank, batch_size=batch_size, dtype=dtype)
+
+
+def _stats(g):
+    """``(kind, data, n, d)`` of a matrix or factor, after validation."""
+    if isinstance(g, AGOPFactor):
+        F = np.asarray(g.factor, dtype=np.float64)
+        if F.ndim != 2 or F.shape[0] == 0 or g.n < 1:
+            raise ValueError("An AGOPFactor needs a non-empty 2-D factor and n >= 1.")
+        if not np.all(np.isfinite(F)):
+            raise ValueError("The AGOP factor contains NaN or inf.")
+        return "factor", F, int(g.n), F.shape[1]
+    G = np.asarray(g, dtype=np.float64)
+    if G.ndim != 2 or G.shape[0] != G.shape[1] or G.shape[0] == 0:
+        raise ValueError(f"An AGOP matrix must be square and non-empty; got shape {G.shape}.")
+    if not np.all(np.isfinite(G)):
+        raise ValueError("The AGOP matrix contains NaN or inf.")
+    return "matrix", G, 1, G.shape[0]
+
+
+def _inner(a, b) -> float:
+    """Frobenius inner product ``<G_a, G_b> = Tr(G_a^T G_b)`` from matrices and/or factors."""
+    ka, A, na, _ = a
+    kb, B, nb, _ = b
+    if ka == "matrix" and kb == "matrix":
+        return float(np.sum(A * B))
+    if ka == "factor" and kb == "factor":
+        # Tr(F^T F F*^T F*) / (n n*) = ||F F*^T||_F^2 / (n n*): through the (rows x rows*) Gram
+        # in row chunks when d is the larger side, else through the two d x d matrices.
+        d = A.shape[1]
+        if d * d <= A.shape[0] * B.shape[0]:
+            return float(np.sum((A.T @ A) * (B.T @ B)) / (na * nb))
+        step = max(1, (1 << 22) // max(B.shape[0], 1))
+        total = sum(float(np.sum((A[i:i + step] @ B.T) ** 2)) for i in range(0, A.shape[0], step))
+        return total / (na * nb)
+    F, n, G = (A, na, B) if ka == "factor" else (B, nb, A)
+    # Tr(F^T F G)/n = sum_rows f^T G f / n  (G symmetric or not: <F^T F, G> = sum f^T G f).
+    return float(np.einsum("ij,ij->", F @ G, F) / n)
+
+
+def _entry_sum(s) -> float:
+    """Sum of all entries ``1^T G 1``."""
+    kind, A, n, _ = s
+    if kind == "matrix":
+        return float(A.sum())
+    return float(np.sum(A.sum(axis=1) ** 2) / n)
+
+
+def alignment(G, G_star, metric: str = "cosine") -> float:
+    """AGOP alignment of ``G`` and ``G*`` (thesis Eq. 4.6).
+
+    * ``"cosine"``: ``<G, G*>_F / (||G||_F ||G*||_F)`` with ``<A, B>_F = Tr(A^T B)`` (Eq. 4.6).
+    * ``"pearson"``: the Pearson correlation of the ``d^2`` entries, i.e. the cosine after
+      subtracting from each matrix the mean of its entries ``mu = 1^T G 1 / d^2``:
+      ``(<G, G*> - d^2 mu mu*) / sqrt((||G||^2 - d^2 mu^2)(||G*||^2 - d^2 mu*^2))``.
+
+    Each argument is a ``(d, d)`` matrix or an :class:`AGOPFactor`; with factors nothing ``d x d``
+    is formed (``<G, G*> = ||F F*^T||_F^2 / (n n*)``, ``1^T G 1 = ||F 1||^2 / n``).
+
+    Returns:
+        A float in ``[-1, 1]`` (``[0, 1]`` for cosine of PSD matrices).
+
+    Raises:
+        ValueError: different ``d``, NaN/inf, a zero matrix (undefined alignment), bad metric.
+
+    Cost: matrices O(d^2); factors O(n c n* c* d); mixed O(n c d^2).
+    """
+    if metric not in ("cosine", "pearson"):
+        raise ValueError(f"`metric` must be 'cosine' or 'pearson'; got {metric!r}.")
+    a, b = _stats(G), _stats(G_star)
+    if a[3] != b[3]:
+        raise ValueError(f"The AGOPs have different dimensions d={a[3]} and d={b[3]}.")
+    ab, aa, bb = _inner(a, b), _inner(a, a), _inner(b, b)
+    if metric == "pearson":
+        d2 = float(a[3]) ** 2
+        sa, sb = _entry_sum(a), _entry_sum(b)
+        ab, aa, bb = ab - sa * sb / d2, aa - sa * sa / d2, bb - sb * sb / d2
+    if aa <= 0 or bb <= 0:
+        raise ValueError("Alignment is undefined for a zero (or, for pearson, constant) matrix.")
+    return float(np.clip(ab / np.sqrt(aa * bb), -1.0, 1.0))
