@@ -16,6 +16,7 @@ if keras.backend.backend() != "tensorflow":
         f"{keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow before importing keras.")
 
 from kerntk import callbacks, layers, models  # noqa: E402
+from kerntk import agop, spectral  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["callbacks", "layers", "models", "__version__"]
+__all__ = ["agop", "callbacks", "layers", "models", "spectral", "__version__"]
