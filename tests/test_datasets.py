@@ -338,6 +338,17 @@ def test_spherical_target_normalization_and_projection():
     assert abs(np.std(yn[:, 0] - target(xn)) - 0.1) < 3e-3
 
 
+def test_degree_energy_counts_whole_degree_space():
+    target = kd.SphericalHarmonicTarget(d=4, frequencies=(1, 3, 4), seed=0)
+    x = kd.sample_sphere(3000, 4, seed=3)
+    other = kd.sample_sphere(1, 4, seed=9)[0]  # a degree-4 harmonic along a direction ≠ ζ_4
+    r = kd.gegenbauer(4, x @ other, 4)
+    energy = target.degree_energy(x, r)
+    n4 = kd.harmonic_dimension(4, 4)
+    assert abs(energy[4] - 1.0 / n4) < 0.25 / n4
+    assert abs(energy[1]) < 0.2 / n4 and abs(energy[3]) < 0.2 / n4
+
+
 # ----------------------------------------------------------------------------- extrapolation
 
 def test_extrapolation_targets_and_regions():

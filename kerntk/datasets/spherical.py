@@ -17,7 +17,9 @@ uses A_k = 1 by default and chooses N(K) so that E_σ[f*²] = 1:
 N(K) = sqrt(Σ_k A_k² / N(d, k)). Every frequency then carries energy A_k²/(N(d,k) N(K)²).
 
 :func:`frequency_projection` measures how much of a residual lies along each component
-P_k(⟨·, ζ_k⟩), which is the "error projection length" plotted in Fig. 5.
+P_k(⟨·, ζ_k⟩), which is the "error projection length" plotted in Fig. 5;
+:meth:`SphericalHarmonicTarget.degree_energy` measures the residual's energy in the whole degree-k
+harmonic space. The default dimension d = 10 is kerntk's choice (the paper's is in its appendix).
 """
 
 from __future__ import annotations
@@ -144,6 +146,33 @@ class SphericalHarmonicTarget:
             raise ValueError("residual contains NaN or infinite values.")
         coef = (comps * r[:, None]).mean(axis=0) / (comps ** 2).mean(axis=0)
         return {k: float(c) for k, c in zip(self.frequencies, coef)}
+
+    def degree_energy(self, x: np.ndarray, residual: np.ndarray) -> dict:
+        """Energy ‖Π_k r‖² of a residual in the whole degree-k harmonic space, for each k ∈ K.
+
+        Unlike :meth:`frequency_projection` this also counts error along degree-k harmonics other
+        than P_k(⟨·, ζ_k⟩). By the addition theorem
+        ‖Π_k r‖² = N(d, k) E_{x,x'}[r(x) r(x') P_k(⟨x, x'⟩)] for independent uniform x, x'; the
+        estimate is the unbiased U-statistic over pairs i ≠ j of ``x``. Cost O(n²) time and memory.
+
+        Returns:
+            ``{k: energy}`` as Python floats (E_σ[r²] = Σ_k ‖Π_k r‖² over all k ≥ 0).
+        """
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.d:
+            raise ValueError(f"x must have shape (n, {self.d}); got {x.shape}.")
+        r = np.asarray(residual, dtype=np.float64).reshape(-1)
+        if r.shape[0] != x.shape[0] or x.shape[0] < 2:
+            raise ValueError(f"need one residual per input and at least 2 inputs; got "
+                             f"{r.shape[0]} residuals for {x.shape[0]} inputs.")
+        if not np.all(np.isfinite(r)):
+            raise ValueError("residual contains NaN or infinite values.")
+        n = len(r)
+        gram = np.clip(x @ x.T, -1.0, 1.0)
+        rr = np.outer(r, r)
+        np.fill_diagonal(rr, 0.0)
+        return {k: float(harmonic_dimension(self.d, k) * (rr * gegenbauer(k, gram, self.d)).sum()
+                         / (n * (n - 1))) for k in self.frequencies}
 
 
 def spherical_harmonic_task(n: int, d: int = 10, *, frequencies: Sequence[int] = PAPER_FREQUENCIES,
