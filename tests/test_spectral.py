@@ -204,6 +204,10 @@ def test_critical_lr_linear_mse_closed_form():
         eta = spectral.critical_lr(m, X, y, method=method)
         assert abs(eta - closed) <= 1e-8 * closed, method
     assert abs(spectral.critical_lr(kernel=X @ X.T) - closed) <= 1e-10 * closed
+    eta_op = spectral.critical_lr(m, X, y, matrix_free=True)
+    assert abs(eta_op - closed) <= 1e-8 * closed
+    eta_mom = spectral.critical_lr(m, X, y, method="hessian", momentum=0.5)
+    assert abs(eta_mom - 1.5 * closed) <= 1e-8 * closed
     assert abs(spectral.critical_lr(kernel=X @ X.T, momentum=0.9) - 1.9 * closed) <= 1e-10 * closed
     with pytest.raises(ValueError):
         spectral.critical_lr(m, X, y, loss="mae")
