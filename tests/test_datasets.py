@@ -1,6 +1,8 @@
 """kerntk.datasets: image loaders (local files, tfds mock, offline path) and synthetic tasks."""
 
 import os
+import subprocess
+import sys
 import time
 from math import comb
 
@@ -159,6 +161,15 @@ def test_shared_datasets_directory():
 
 
 # ----------------------------------------------------------------------------- tfds and offline
+
+def test_import_does_not_import_tfds():
+    code = ("import sys, kerntk.datasets; "
+            "print(any(m.split('.')[0] == 'tensorflow_datasets' for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
 
 def test_tfds_prepared_path_with_mock_data(tmp_path, no_default_dir):
     tfds = pytest.importorskip("tensorflow_datasets")
