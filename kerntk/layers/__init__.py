@@ -9,3 +9,8 @@ __all__ = ["BaseNTKConv", "NTKConv1D", "NTKConv2D", "NTKDense", "PolyConv2D", "P
 from kerntk.layers.dag import DAG  # noqa: E402
 
 __all__ += ["DAG"]
+
+from kerntk.layers.general_quadratic import GeneralQuadratic  # noqa: E402
+from kerntk.layers.symmetric_two_layer import SymmetricTwoLayer  # noqa: E402
+
+__all__ += ["GeneralQuadratic", "SymmetricTwoLayer"]
