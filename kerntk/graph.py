@@ -31,6 +31,12 @@ Edges (``Edge(src, dst, kind, ...)``):
     "randomly dropped edges"; fixed for the life of the network, unlike dropout). For conv edges a whole
     shared weight (one kernel entry) is dropped.
 
+Special cases: FCNs (:func:`fcn_graph`, Eq. A.4), DenseNets (:func:`densenet_graph`, Eq. A.5),
+randomly dropped edges (``drop``), skip connections (``skip`` edges, ``fcn_graph(skip=True)``), shared
+weights (:func:`cnn_graph`, Eq. A.15), random wirings (:func:`random_dag`) and bottleneck neurons
+(Fig. 2.3: a node of size 1 between wide nodes; note that it sets the Def. 2.2.7 width to its
+in-degree).
+
 Layers and width (Def. 2.2.1, 2.2.5, 2.2.7): the layer index of a node is the longest path (over all
 edges) from an input; the width ``m`` is the minimum per-neuron in-degree over nodes in layers >= 2.
 
