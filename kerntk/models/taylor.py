@@ -220,21 +220,21 @@ class TaylorModel(keras.Model):
 def linearize(model, **kwargs) -> TaylorModel:
     """Linearized model ``f_lin(w) = f(w₀) + (w − w₀)ᵀ∇f(w₀)`` (thesis Eq. 3.1) as a Keras model
     training ``Δw = w − w₀`` from 0. See :class:`TaylorModel`."""
-    kwargs.setdefault("name", f"{model.name}_lin")
+    kwargs.setdefault("name", f"{getattr(model, 'name', 'model')}_lin")
     return TaylorModel(model, order=1, **kwargs)
 
 
 def quadratic(model, **kwargs) -> TaylorModel:
     """Neural quadratic model ``f_quad = f_lin + ½(w − w₀)ᵀH_f(w₀)(w − w₀)`` (thesis Eq. 3.2),
     computed with nested JVPs (never forming ``H_f``). See :class:`TaylorModel`."""
-    kwargs.setdefault("name", f"{model.name}_quad")
+    kwargs.setdefault("name", f"{getattr(model, 'name', 'model')}_quad")
     return TaylorModel(model, order=2, **kwargs)
 
 
 def taylor(model, order: int, **kwargs) -> TaylorModel:
     """Order-``k`` Taylor polynomial ``Σ_{j≤k} (1/j!) Dʲf(w₀)[(w − w₀)ʲ]`` of ``model``; the
     approximation error is ``O(‖w − w₀‖^{k+1})``. See :class:`TaylorModel`."""
-    kwargs.setdefault("name", f"{model.name}_taylor{_check_order(order)}")
+    kwargs.setdefault("name", f"{getattr(model, 'name', 'model')}_taylor{_check_order(order)}")
     return TaylorModel(model, order=order, **kwargs)
 
 
@@ -242,5 +242,5 @@ def taylor_term(model, order: int, **kwargs) -> TaylorModel:
     """Only the k-th order term ``f⁽ᵏ⁾ = (1/k!) Dᵏf(w₀)[(w − w₀)ᵏ]`` (paper 001 Section 6, the
     "k-th order NTK" term). With the symmetric two-layer net of paper 001 this extracts
     ``f⁽ᵏ⁾_{W₀,W}``. See :class:`TaylorModel`."""
-    kwargs.setdefault("name", f"{model.name}_term{_check_order(order)}")
+    kwargs.setdefault("name", f"{getattr(model, 'name', 'model')}_term{_check_order(order)}")
     return TaylorModel(model, order=order, term_only=True, **kwargs)
