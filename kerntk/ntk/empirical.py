@@ -41,10 +41,13 @@ output channels and ``S`` its output positions (1 for a Dense layer on 2-D input
   pass. Raises ``ValueError`` if any trainable variable is not covered, or if the model couples
   the examples of a batch (BatchNormalization in training mode, or any layer whose output for an
   example depends on the other examples — detected by comparing ``f(x[:2])`` with ``f(x)[:2]``).
-* ``"jacobian"`` — the generic fallback: the batched Jacobian ``J`` (``n c x P``, one backward
-  pass per row vectorized with ``pfor``), then ``K = J J^T``. Time ``O(n c P)`` for ``J`` (the cost
-  of ``n c`` backward passes) plus ``O(n^2 c P)``; memory ``O(n c P)``. Exact for any model,
-  including batch-coupled ones (it differentiates the batched function).
+* ``"jacobian"`` — the generic fallback: the Jacobian ``J`` (``n c x P``) of the batched
+  function, one reverse pass per row vectorized with ``pfor``, then ``K = J J^T``. Each row's pass
+  runs over the whole batch, so forming ``J`` costs ``n c`` batched backward passes
+  (``O(n^2 c P)`` for dense layers), plus ``O(n^2 c P)`` for the Gram; memory ``O(n c P)``,
+  bounded by treating the variables in groups of at most ``2^28`` Jacobian entries, one group
+  alive at a time (``block_size`` bounds it further). Exact for any model, batch-coupled ones
+  included (it differentiates the batched function).
 * ``"auto"`` (default) — ``"structured"`` for every variable it covers and ``"jacobian"`` for the
   others (e.g. LayerNormalization scales) within the same passes; the two blocks are added. If the
   model couples the batch it falls back to ``"jacobian"`` for everything, with a warning.
@@ -77,6 +80,8 @@ METHODS = ("auto", "structured", "jacobian")
 _ZERO = tf.UnconnectedGradients.ZERO
 # Largest patch-form Gram (in elements) we are willing to form for one layer.
 _MAX_PATCH_GRAM = 2 ** 27
+# Largest Jacobian (in elements) of one group of variables in the jacobian method.
+_MAX_JACOBIAN = 2 ** 28
 
 
 @dataclass
@@ -331,20 +336,39 @@ def _make_kernel_fn(model: keras.Model, method: str, outputs, dtype: str, traini
                 D = tf.stack([tf.cast(g[j], dtype) for g in per_output])
                 K += _site_kernel(site, D, n1, cross, full)
         if rest:
-            jacs = tape.jacobian(target, [vals[i] for i in rest], unconnected_gradients=_ZERO,
-                                 experimental_use_pfor=True)
-            J = tf.concat([tf.reshape(tf.cast(j, dtype), (n, len(cols), -1)) for j in jacs],
-                          axis=2)
-            J1, J2 = (J[:n1], J[n1:]) if cross else (J, J)
             rows = (lambda t: tf.reshape(t, (-1, t.shape[-1]))) if full else \
                 (lambda t: tf.reshape(t, (t.shape[0], -1)))
-            K += tf.cast(tf.matmul(rows(J1), rows(J2), transpose_b=True), tf.float64)
+            for group in _variable_groups([vals[i] for i in rest], n * len(cols)):
+                # Control dependency on K: one group's Jacobian is alive at a time.
+                with tf.control_dependencies([K]):
+                    jacs = tape.jacobian(target, group, unconnected_gradients=_ZERO,
+                                         experimental_use_pfor=True)
+                for j in jacs:
+                    J = tf.reshape(tf.cast(j, dtype), (n, len(cols), -1))
+                    J1, J2 = (J[:n1], J[n1:]) if cross else (J, J)
+                    K += tf.cast(tf.matmul(rows(J1), rows(J2), transpose_b=True), tf.float64)
         del tape
         return K, out[:m], probe
 
     if cross:
         return tf.function(lambda x1, x2: kernel(x1, x2), autograph=False)
     return tf.function(lambda x1: kernel(x1), autograph=False)
+
+
+def _variable_groups(values: List[tf.Tensor], rows: int) -> List[List[tf.Tensor]]:
+    """Split variables into groups whose Jacobian (``rows x size``) stays under
+    ``_MAX_JACOBIAN`` elements (a single variable may exceed it)."""
+    groups, current, size = [], [], 0
+    for v in values:
+        elements = rows * int(np.prod(v.shape))
+        if current and size + elements > _MAX_JACOBIAN:
+            groups.append(current)
+            current, size = [], 0
+        current.append(v)
+        size += elements
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _cached_kernel_fn(model, method, outputs, dtype, training, cross):

@@ -1,0 +1,253 @@
+"""Empirical-NTK benchmark: exact NTK vs one compiled training step vs the Jacobian method.
+
+Prints one side-by-side table of medians and ratios measured in a single run (issue 3,
+"Performance"). Timings are interleaved (train step, NTK, train step, NTK, ...) so that the ratios
+see the same machine load; peak RSS of each method is measured in a fresh subprocess.
+
+    python benchmarks/ntk.py                          # fcn n=128, fcn n=512, cnn n=64
+    python benchmarks/ntk.py --rows=fcn128 --repeats=11
+    python benchmarks/ntk.py --rows=blocks10k,op50k   # the scale rows (minutes)
+
+Rows:
+  fcn128     5-layer ReLU fcn, width 1024, d=3072, n=128, float32 (the reference)
+  fcn512     same net, n=512
+  cnn64      5-layer cnn, 128 channels, 32x32x3, n=64
+  blocks10k  same fcn, n=10,000, empirical_ntk(block_size=--block_size)
+  op50k      top-10 eigenpairs of the trace NTK through ntk_operator, n=50,000
+             (3-layer fcn, width 512, d=784; --op_n/--op_k), scipy eigsh (or
+             kerntk.spectral.top_eigenpairs when --use_spectral and it exists)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("rows", ["fcn128", "fcn512", "cnn64"], "Rows to run (see module docstring).")
+flags.DEFINE_integer("repeats", 7, "Timed repetitions of the train step and the exact NTK.")
+flags.DEFINE_integer("jacobian_repeats", 3, "Timed repetitions of the jacobian method.")
+flags.DEFINE_list("jacobian_rows", ["fcn128", "cnn64"],
+                  "Rows on which the (slow, memory-hungry) jacobian method is timed.")
+flags.DEFINE_bool("rss", True, "Measure the peak RSS of each method in a fresh subprocess.")
+flags.DEFINE_integer("block_size", 1000, "block_size of the blocks10k row.")
+flags.DEFINE_integer("blocks_n", 10_000, "n of the blocks10k row.")
+flags.DEFINE_integer("op_n", 50_000, "n of the op50k row.")
+flags.DEFINE_integer("op_k", 10, "Number of eigenpairs of the op50k row.")
+flags.DEFINE_integer("op_block_size", 5000, "block_size of the operator in the op50k row.")
+flags.DEFINE_bool("use_spectral", True,
+                  "op50k: use kerntk.spectral.top_eigenpairs when available, else scipy eigsh.")
+flags.DEFINE_string("child", None, "Internal: 'row:what' measured in a subprocess.")
+
+ROWS = {
+    # name: (builder args, per-example input shape, n)
+    "fcn128": ("fcn", (3072,), 128),
+    "fcn512": ("fcn", (3072,), 512),
+    "cnn64": ("cnn", (32, 32, 3), 64),
+}
+
+
+def _setup(row: str):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import kerntk
+    arch, shape, n = ROWS[row]
+    if arch == "fcn":
+        model = kerntk.models.fcn(5, 1024, input_shape=shape, seed=0)
+    else:
+        model = kerntk.models.cnn(5, 128, input_shape=shape, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n,) + shape).astype("float32")
+    y = rng.standard_normal((n, 1)).astype("float32")
+    optimizer = keras.optimizers.SGD(1e-3)
+    optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.MeanSquaredError()
+
+    @tf.function
+    def train_step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    xt, yt = tf.constant(x), tf.constant(y)
+    return model, x, lambda: train_step(xt, yt).numpy()
+
+
+def _methods(model, x):
+    from kerntk.ntk import empirical_ntk
+    return {
+        "train": None,
+        "auto": lambda: empirical_ntk(model, x, method="auto"),
+        "jacobian": lambda: empirical_ntk(model, x, method="jacobian"),
+    }
+
+
+def _peak_rss_gb() -> float:
+    """Peak resident set size of this process in GB (VmHWM; ru_maxrss survives fork+exec)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def _child(spec: str) -> None:
+    row, what = spec.split(":")
+    model, x, train = _setup(row)
+    fn = train if what == "train" else _methods(model, x).get(what)
+    if what == "base":
+        model(x[:2])
+    else:
+        fn()
+        fn()
+    print(json.dumps({"rss_gb": _peak_rss_gb()}))
+
+
+def _rss(row: str, what: str) -> float:
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--child={row}:{what}"],
+                         capture_output=True, text=True)
+    for line in out.stdout.splitlines()[::-1]:
+        if line.startswith("{"):
+            return json.loads(line)["rss_gb"]
+    return float("nan")
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _row(row: str) -> dict:
+    model, x, train = _setup(row)
+    methods = _methods(model, x)
+    train(), methods["auto"]()  # compile
+    t_train, t_auto = [], []
+    for _ in range(FLAGS.repeats):
+        t_train.append(_time(train))
+        t_auto.append(_time(methods["auto"]))
+    result = {"row": row, "n": x.shape[0], "train_ms": 1e3 * statistics.median(t_train),
+              "auto_ms": 1e3 * statistics.median(t_auto)}
+    if row in FLAGS.jacobian_rows:
+        import numpy as np
+        K_jac = methods["jacobian"]()  # compile
+        K_auto = methods["auto"]()
+        result["max_rel_diff"] = float(np.max(np.abs(K_auto - K_jac)) / np.max(np.abs(K_jac)))
+        t_jac = [_time(methods["jacobian"]) for _ in range(FLAGS.jacobian_repeats)]
+        result["jacobian_ms"] = 1e3 * statistics.median(t_jac)
+    if FLAGS.rss:
+        result["rss_base_gb"] = _rss(row, "base")
+        result["rss_train_gb"] = _rss(row, "train")
+        result["rss_auto_gb"] = _rss(row, "auto")
+        if row in FLAGS.jacobian_rows:
+            result["rss_jacobian_gb"] = _rss(row, "jacobian")
+    return result
+
+
+def _blocks_row() -> dict:
+    import numpy as np
+
+    import kerntk
+    from kerntk.ntk import empirical_ntk
+    model = kerntk.models.fcn(5, 1024, input_shape=(3072,), seed=0)
+    x = np.random.default_rng(0).standard_normal((FLAGS.blocks_n, 3072)).astype("float32")
+    t = _time(lambda: empirical_ntk(model, x, block_size=FLAGS.block_size))
+    return {"row": "blocks10k", "n": FLAGS.blocks_n, "seconds": t, "rss_gb": _peak_rss_gb(),
+            "block_size": FLAGS.block_size}
+
+
+def _op_row() -> dict:
+    import numpy as np
+    import scipy.sparse.linalg as spla
+
+    import kerntk
+    from kerntk.ntk import ntk_operator
+    model = kerntk.models.fcn(3, 512, input_shape=(784,), seed=0)
+    x = np.random.default_rng(0).standard_normal((FLAGS.op_n, 784)).astype("float32")
+    op = ntk_operator(model, x, block_size=FLAGS.op_block_size)
+    calls = [0]
+    counted = spla.LinearOperator(op.shape, matvec=lambda v: (calls.__setitem__(0, calls[0] + 1),
+                                                              op.matvec(v))[1],
+                                  dtype=np.float64)
+    t = time.perf_counter()
+    solver = "scipy eigsh"
+    try:
+        if not FLAGS.use_spectral:
+            raise ImportError
+        from kerntk.spectral import top_eigenpairs
+        out = top_eigenpairs(counted, FLAGS.op_k)
+        solver = "kerntk.spectral.top_eigenpairs"
+        top = np.asarray(out[0])
+    except ImportError:
+        top = spla.eigsh(counted, k=FLAGS.op_k, which="LA", return_eigenvectors=False)
+    return {"row": "op50k", "n": FLAGS.op_n, "seconds": time.perf_counter() - t,
+            "matvecs": calls[0], "solver": solver, "lambda_max": float(np.max(top)),
+            "rss_gb": _peak_rss_gb()}
+
+
+def _fmt(v, spec=".1f"):
+    return "-" if v is None else format(v, spec)
+
+
+def main(argv):
+    del argv
+    if FLAGS.child:
+        _child(FLAGS.child)
+        return
+    results = []
+    for row in FLAGS.rows:
+        if row in ROWS:
+            results.append(_row(row))
+        elif row == "blocks10k":
+            results.append(_blocks_row())
+        elif row == "op50k":
+            results.append(_op_row())
+        else:
+            raise app.UsageError(f"unknown row {row!r}")
+        print(json.dumps(results[-1]), flush=True)
+
+    print(f"\nkerntk empirical NTK, float32, {os.cpu_count()} CPU core(s); medians of "
+          f"{FLAGS.repeats} (jacobian: {FLAGS.jacobian_repeats}) interleaved runs\n")
+    head = ("| row | n | train step ms | exact NTK (auto) ms | NTK / train | jacobian ms | "
+            "jacobian / NTK | peak RSS GB: base / train / NTK / jacobian | max rel diff |")
+    print(head)
+    print("|" + "---|" * 9)
+    for r in results:
+        if "train_ms" not in r:
+            continue
+        jac = r.get("jacobian_ms")
+        rss = " / ".join(_fmt(r.get(k), ".2f") for k in
+                         ("rss_base_gb", "rss_train_gb", "rss_auto_gb", "rss_jacobian_gb"))
+        print(f"| {r['row']} | {r['n']} | {r['train_ms']:.1f} | {r['auto_ms']:.1f} | "
+              f"{r['auto_ms'] / r['train_ms']:.2f}x | {_fmt(jac)} | "
+              f"{_fmt(None if jac is None else jac / r['auto_ms'], '.0f')}"
+              f"{'' if jac is None else 'x'} | {rss} | {_fmt(r.get('max_rel_diff'), '.1e')} |")
+    for r in results:
+        if r["row"] == "blocks10k":
+            print(f"\nexact NTK n={r['n']} in blocks of {r['block_size']}: {r['seconds']:.1f} s, "
+                  f"peak RSS {r['rss_gb']:.2f} GB")
+        if r["row"] == "op50k":
+            print(f"\ntop-{FLAGS.op_k} eigenpairs of the n={r['n']} NTK via ntk_operator "
+                  f"({r['solver']}): {r['seconds']:.1f} s, {r['matvecs']} products, "
+                  f"lambda_max {r['lambda_max']:.4g}, peak RSS {r['rss_gb']:.2f} GB")
+
+
+if __name__ == "__main__":
+    app.run(main)
