@@ -1,1 +1,7 @@
-"""Callbacks that go in ``model.fit``."""
+"""Callbacks that go in ``model.fit``: NTK spectrum, critical learning rate, AGOP alignment."""
+
+from kerntk.callbacks.agop_alignment import AGOPAlignmentLogger
+from kerntk.callbacks.critical_lr import CatapultRaise, CriticalLRMonitor
+from kerntk.callbacks.ntk_spectrum import NTKSpectrumTracker
+
+__all__ = ["AGOPAlignmentLogger", "CatapultRaise", "CriticalLRMonitor", "NTKSpectrumTracker"]

@@ -1,0 +1,97 @@
+"""AGOP alignment logger (thesis §4.4, Eq. 4.5-4.6)."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence
+
+import keras
+import numpy as np
+
+from kerntk import agop as agop_lib
+from kerntk.callbacks.base import MeasuringCallback, check_probe
+
+METRICS = ("cosine", "pearson")
+
+
+class AGOPAlignmentLogger(MeasuringCallback):
+    """Logs the alignment between the model's AGOP and a reference ``G*`` during ``fit``.
+
+    ``G = (1/n) sum_i grad_x f(x_i) grad_x f(x_i)^T`` on the probe inputs
+    (:func:`kerntk.agop.agop`, thesis Eq. 4.5) and ``agop_alignment = cos(G, G*) =
+    Tr(G^T G*) / (||G||_F ||G*||_F)`` (Eq. 4.6; ``agop_alignment_pearson`` with
+    ``metrics=("cosine", "pearson")``). ``G*`` comes from ``reference``:
+
+    * a ``(d, d)`` matrix (e.g. an analytic EGOP of the target);
+    * a Keras model (e.g. a strong reference net): its AGOP on the probe;
+    * a callable ``f*`` mapping a ``tf.Tensor`` batch to outputs: its EGOP on the probe.
+
+    Args:
+        probe_x: ``(n, ...)`` probe inputs (``d = prod(shape[1:])``).
+        reference: ``G*`` as above (computed once, at the start of training).
+        every_n_epochs, every_n_steps, schedule: when to measure (see :mod:`kerntk.callbacks.base`).
+        metrics: subset of ``("cosine", "pearson")``.
+        center: use centered AGOPs (gradient covariances) for the model and a callable/model
+            reference.
+        top_eigenvectors: also keep the top eigenvectors of ``G`` (``self.eigenvectors``) for
+            plotting; 0 disables.
+
+    Cost per measurement: ``c`` backward passes over the probe plus the alignment from the
+    ``(n c) x d`` gradient factors (never ``d x d`` unless ``reference`` is a matrix).
+    """
+
+    def __init__(self, probe_x, reference, every_n_epochs: Optional[int] = 1,
+                 metrics: Sequence[str] = ("cosine",), center: bool = False,
+                 every_n_steps: Optional[int] = None,
+                 schedule: Optional[Callable[[int], bool]] = None, top_eigenvectors: int = 0):
+        super().__init__(every_n_steps, every_n_epochs, schedule)
+        self.probe_x = check_probe("probe_x", probe_x)
+        metrics = tuple(metrics)
+        if not metrics or any(m not in METRICS for m in metrics):
+            raise ValueError(f"`metrics` must be a non-empty subset of {METRICS}; got {metrics!r}.")
+        d = int(np.prod(self.probe_x.shape[1:]))
+        if not callable(reference):
+            reference = np.asarray(reference, np.float64)
+            if reference.shape != (d, d):
+                raise ValueError(f"A matrix `reference` must have shape (d, d) = {(d, d)}; got "
+                                 f"{reference.shape}.")
+            if not np.all(np.isfinite(reference)):
+                raise ValueError("`reference` contains NaN or inf.")
+        self.reference, self.metrics, self.center = reference, metrics, center
+        self.top_eigenvectors = top_eigenvectors
+        self.eigenvectors = []
+        self._G_star = None
+
+    def _on_train_begin(self) -> None:
+        self.eigenvectors = []
+        if isinstance(self.reference, np.ndarray):
+            self._G_star = self.reference
+        elif isinstance(self.reference, keras.Model):
+            self._G_star = agop_lib.agop(self.reference, self.probe_x, center=self.center,
+                                         low_rank=True)
+        else:
+            self._G_star = agop_lib.egop(self.reference, self.probe_x, center=self.center,
+                                         low_rank=True)
+
+    def measure(self) -> Dict[str, float]:
+        G = agop_lib.agop(self.model, self.probe_x, center=self.center, low_rank=True)
+        values = {}
+        for metric in self.metrics:
+            key = "agop_alignment" if metric == "cosine" else f"agop_alignment_{metric}"
+            values[key] = agop_lib.alignment(G, self._G_star, metric=metric)
+        if self.top_eigenvectors:
+            # Right singular vectors of the factor F are the eigenvectors of G = F^T F / n.
+            _, _, vt = np.linalg.svd(G.factor, full_matrices=False)
+            self.eigenvectors.append(vt[:self.top_eigenvectors])
+        return values
+
+    def plot(self, path: str) -> None:
+        """Saves the alignment(s) against the step."""
+        plt, fig, axes = self._figure(1)
+        for key in self.history:
+            if key.startswith("agop_alignment"):
+                axes[0].plot(self.history["step"], self.history[key], label=key)
+        axes[0].set(title="AGOP alignment", xlabel="step")
+        axes[0].legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)

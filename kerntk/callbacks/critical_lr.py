@@ -1,0 +1,389 @@
+"""Critical learning rate monitor: eta_crit, catapult events, loss spikes, guarded LR raises.
+
+Thesis Ch. 3-4: GD on MSE catapults when ``eta > eta_crit = 2/lambda_max(H_L)``; for a batch,
+``eta_crit(X_batch) = b c / lambda_max(K_batch)`` (App. C.1, :func:`kerntk.spectral.critical_lr`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Dict, List, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerntk import ntk, spectral
+from kerntk.callbacks.base import check_probe
+from kerntk.callbacks.batch_capture import BatchCapture
+
+ESTIMATES = ("ntk", "hessian", "gauss_newton")
+
+
+class CatapultRaise:
+    """LR-raise policy of thesis §4.3 ("multiple catapults"), for :class:`CriticalLRMonitor`.
+
+    When the current catapult has settled (the monitored loss is back to its pre-spike level,
+    ``eta_crit(t) > eta``, and ``eta_crit`` changed by at most ``stable_rtol`` since the previous
+    measurement, i.e. the kernel stopped sharpening) and ``cooldown`` measured steps passed since
+    the last raise, the learning rate is set to ``factor * eta_crit(t)`` (> ``eta_crit(t)``), which
+    triggers the next catapult; at most ``max_raises`` times.
+
+    Args:
+        factor: new ``eta / eta_crit(t)``; in ``(1, 2)`` a wide net catapults rather than diverges.
+        max_raises: maximum number of raises (failed raises undone by the guard count too).
+        cooldown: measured steps to wait after a raise (or the start) before the next one.
+        decay: after a raise's catapult has settled, ``lambda_max`` may grow back (progressive
+            sharpening) until ``eta > eta_crit`` again; the rate is then lowered to
+            ``decay * eta_crit(t)`` to avoid extra catapults (thesis App. C.6: "we decay the
+            learning rate if necessary after the catapult"). ``None`` disables it.
+        stable_rtol: largest relative change of ``eta_crit`` between two measurements at which a
+            raise is allowed (while ``lambda_max`` still grows, ``eta / eta_crit`` would drift
+            past 2 after the raise and the step would diverge).
+    """
+
+    def __init__(self, factor: float = 1.5, max_raises: int = 3, cooldown: int = 10,
+                 stable_rtol: float = 0.01, decay: Optional[float] = 0.9):
+        if not (isinstance(factor, (int, float)) and 1.0 < factor < 4.0):
+            raise ValueError(f"`factor` must be in (1, 4); got {factor!r}.")
+        for name, value in (("max_raises", max_raises), ("cooldown", cooldown)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be a non-negative integer; got {value!r}.")
+        if decay is not None and not 0 < decay < 1:
+            raise ValueError(f"`decay` must be None or in (0, 1); got {decay!r}.")
+        self.decay = decay
+        if not stable_rtol > 0:
+            raise ValueError(f"`stable_rtol` must be > 0; got {stable_rtol!r}.")
+        self.factor, self.max_raises, self.cooldown = float(factor), max_raises, cooldown
+        self.stable_rtol = float(stable_rtol)
+
+
+def _loss_fn(loss):
+    fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    if not callable(fn):
+        raise ValueError(f"Cannot use {loss!r} as a loss; pass `loss=` to CriticalLRMonitor.")
+    return fn
+
+
+class CriticalLRMonitor(keras.callbacks.Callback):
+    """Critical learning rate, catapult events and loss spikes during ``fit`` (thesis Ch. 4).
+
+    At every ``every_n_steps``-th update ``w_t -> w_{t+1}`` taken on batch ``X_t`` it measures,
+    at the weights ``w_t`` the step started from:
+
+    * ``eta_crit``: ``eta_crit(X_t)`` — with ``estimate="ntk"`` (Keras MSE) ``(1 + beta) b c /
+      lambda_max(K(X_t))``; ``"hessian"``/``"gauss_newton"`` use ``2 (1 + beta)/lambda_max`` of the
+      loss Hessian / its Gauss-Newton part (any loss). With ``probe=(x, y)`` the fixed probe set
+      replaces ``X_t``. ``beta`` is the momentum of ``keras.optimizers.SGD`` (Nesterov:
+      ``(1 + beta)/(1 + 2 beta)``); other optimizers get the plain-GD value (a warning says so).
+    * a **catapult event** when ``eta - eta_crit > 1e-8`` (the thesis's count,
+      ``catapult_events``) and **distinct catapults** (``catapults``: runs of consecutive events;
+      ``catapults_margin``: events with ``eta > margin * eta_crit``);
+    * a **loss spike** when the monitored loss of ``X_t`` grows over the step,
+      ``L(w_{t+1}; X_t) > (1 + spike_rtol) L(w_t; X_t)`` — computed here, since Keras batch logs
+      hold running epoch means. ``spike_event_match_rate`` is the fraction of spikes that
+      coincide with an event (thesis Table 4.2), ``event_spike_rate`` the converse.
+
+    ``raise_policy`` (e.g. :class:`CatapultRaise`) raises the rate after each settled catapult to
+    trigger the next. The **guard** (``guard=True``) snapshots weights and optimizer state at the
+    start and before every raise; if the loss turns non-finite, or exceeds ``guard_factor`` times
+    its value at the snapshot for ``patience`` consecutive measurements, it restores the snapshot:
+    after a raise it sets the rate to ``backoff`` times the raised rate and continues; otherwise (the user's
+    own rate diverges) it stops training. A run under the guard never ends with non-finite weights.
+
+    Logs (batch logs when measured, latest values in epoch logs): ``eta``, ``eta_crit``,
+    ``eta_over_crit``, ``monitor_loss``, ``catapult_events``, ``catapults``, ``catapults_margin``,
+    ``loss_spikes``, ``spike_event_match_rate``, ``event_spike_rate``, ``lr_raises``,
+    ``guard_restores``. ``self.history`` keeps every measurement (lists keyed like the logs plus
+    ``"step"``, ``"event"``, ``"spike"``, ``"loss_after"``) and ``self.raises``, ``self.decays``,
+    ``self.restores`` the actions.
+
+    Notes:
+        * With ``steps_per_execution = k > 1`` Keras runs ``k`` steps between hooks: the monitor
+          measures the first step of each block (its batch, its starting weights) and the spike
+          compares that batch's loss before and after the whole block.
+        * Capturing batches needs a host callback inside the train step, so XLA ``jit_compile``
+          is off while the monitor is attached (restored afterwards). Sample weights are ignored.
+        * Setting the rate needs a float/variable learning rate: with a ``LearningRateSchedule``
+          a ``raise_policy`` is rejected with a ``ValueError``.
+
+    Args:
+        estimate: ``"ntk"``, ``"hessian"`` or ``"gauss_newton"``.
+        probe: optional ``(x, y)``: measure on this fixed set instead of the current batch.
+        every_n_steps: measure every this many updates.
+        raise_policy: ``None`` or a :class:`CatapultRaise`.
+        guard, guard_factor, patience, backoff: the divergence guard (above).
+        margin: threshold factor of ``catapults_margin``.
+        spike_rtol: relative tolerance of a loss spike.
+        loss: loss to monitor (default: the model's compiled loss).
+        method: empirical-NTK method for ``estimate="ntk"``.
+    """
+
+    def __init__(self, estimate: str = "ntk", probe=None, every_n_steps: int = 1,
+                 raise_policy: Optional[CatapultRaise] = None, guard: bool = True,
+                 guard_factor: float = 1e3, patience: int = 10, backoff: float = 0.5,
+                 margin: float = 1.2, spike_rtol: float = 1e-6, loss=None, method: str = "auto"):
+        super().__init__()
+        if estimate not in ESTIMATES:
+            raise ValueError(f"`estimate` must be one of {ESTIMATES}; got {estimate!r}.")
+        if probe is not None:
+            if not isinstance(probe, (tuple, list)) or len(probe) != 2:
+                raise ValueError("`probe` must be a tuple (x, y).")
+            px, py = check_probe("probe x", probe[0]), check_probe("probe y", probe[1])
+            if px.shape[0] != py.shape[0]:
+                raise ValueError("`probe` x and y have different numbers of rows.")
+            probe = (px, py)
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or \
+                every_n_steps < 1:
+            raise ValueError(f"`every_n_steps` must be a positive integer; got {every_n_steps!r}.")
+        if raise_policy is not None and not isinstance(raise_policy, CatapultRaise):
+            raise ValueError("`raise_policy` must be None or a CatapultRaise.")
+        if not guard_factor > 1:
+            raise ValueError(f"`guard_factor` must be > 1; got {guard_factor!r}.")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"`patience` must be a positive integer; got {patience!r}.")
+        if not 0 < backoff < 1:
+            raise ValueError(f"`backoff` must be in (0, 1); got {backoff!r}.")
+        if not margin >= 1:
+            raise ValueError(f"`margin` must be >= 1; got {margin!r}.")
+        self.estimate, self.probe, self.every_n_steps = estimate, probe, every_n_steps
+        self.raise_policy, self.guard = raise_policy, guard
+        self.guard_factor, self.patience, self.backoff = float(guard_factor), patience, backoff
+        self.margin, self.spike_rtol, self.loss, self.method = margin, spike_rtol, loss, method
+        self.history: Dict[str, List[float]] = {}
+        self.raises: List[dict] = []
+        self.restores: List[dict] = []
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def _optimizer(self):
+        return self.model.optimizer
+
+    def _lr_is_schedule(self) -> bool:
+        lr = getattr(self._optimizer, "_learning_rate", None)
+        return isinstance(lr, keras.optimizers.schedules.LearningRateSchedule)
+
+    def _current_lr(self) -> float:
+        return float(keras.ops.convert_to_numpy(self._optimizer.learning_rate))
+
+    def _set_lr(self, value: float) -> None:
+        self._optimizer.learning_rate = value
+
+    def _momentum_factor(self) -> float:
+        opt = self._optimizer
+        if isinstance(opt, keras.optimizers.SGD):
+            beta = float(opt.momentum or 0.0)
+            return (1 + beta) / (1 + 2 * beta) if opt.nesterov else 1 + beta
+        warnings.warn(f"CriticalLRMonitor: {type(opt).__name__} is not plain/momentum SGD; "
+                      "eta_crit is reported with its plain-GD meaning.", stacklevel=3)
+        return 1.0
+
+    def _weights(self):
+        return self.model.weights
+
+    def _snapshot(self, loss: Optional[float], after_raise: bool) -> dict:
+        return {"weights": [tf.identity(v.value) for v in self._weights()],
+                "optimizer": [tf.identity(v.value) for v in self._optimizer.variables],
+                "loss": loss, "step": self._step(), "raise": after_raise}
+
+    def _assign(self, variables, values) -> None:
+        for v, t in zip(variables, values):
+            v.assign(t)
+
+    def _restore(self, snapshot: dict) -> None:
+        self._assign(self._weights(), snapshot["weights"])
+        self._assign(self._optimizer.variables, snapshot["optimizer"])
+
+    def _step(self) -> int:
+        return int(keras.ops.convert_to_numpy(self._optimizer.iterations))
+
+    def _monitored_loss(self, x, y) -> float:
+        pred = self.model(x, training=False)
+        value = self._loss(tf.cast(y, tf.float64), tf.cast(pred, tf.float64))
+        return float(np.mean(keras.ops.convert_to_numpy(value)))
+
+    def _eta_crit(self, x, y) -> float:
+        if self.estimate == "ntk":
+            K = ntk.empirical_ntk(self.model, x, method=self.method, outputs="full")
+            return self._beta_factor * spectral.critical_lr(kernel=K, loss=self._loss)
+        eta = spectral.critical_lr(self.model, x, y, loss=self._loss, method=self.estimate)
+        return self._beta_factor * eta
+
+    # ------------------------------------------------------------------ Keras hooks
+    def on_train_begin(self, logs=None):
+        if self.model.optimizer is None:
+            raise ValueError("CriticalLRMonitor needs a compiled model.")
+        if self.raise_policy is not None and self._lr_is_schedule():
+            raise ValueError("CatapultRaise must set the learning rate, which is a "
+                             "LearningRateSchedule here; compile with a float learning rate.")
+        self._loss = _loss_fn(self.loss if self.loss is not None else self.model.loss)
+        self._beta_factor = self._momentum_factor()
+        self.history, self.raises, self.restores = {}, [], []
+        self.counts = dict(catapult_events=0, catapults=0, catapults_margin=0, loss_spikes=0,
+                           matched=0)
+        self._in_event_run = False
+        self._in_catapult, self._pre_spike_loss = False, None
+        self._raise_settled = False
+        self.decays: List[dict] = []
+        self._last_raise_measurement = 0
+        self._measurements = 0
+        self._bad = 0
+        # The first snapshot is the state before training; its reference loss is the first
+        # measured one.
+        self._snapshots: List[dict] = [self._snapshot(None, False)] if self.guard else []
+        self._start = None
+        self._capture = None
+        if self.probe is None:
+            self._capture = BatchCapture()
+            self._capture.install(self.model)
+
+    def on_train_end(self, logs=None):
+        if self._capture is not None:
+            self._capture.uninstall()
+            self._capture = None
+        if self.guard and self._snapshots and not all(
+                np.all(np.isfinite(keras.ops.convert_to_numpy(v))) for v in self._weights()):
+            self._restore(self._snapshots[-1])
+            self.restores.append({"step": self._step(), "reason": "non-finite weights at end"})
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = self._step()
+        self._start = None
+        if (step // self.every_n_steps) != ((step + self.model.steps_per_execution)
+                                           // self.every_n_steps) or self.every_n_steps == 1:
+            self._start = {"weights": [tf.identity(v.value) for v in self._weights()],
+                           "lr": self._current_lr(), "step": step}
+
+    def on_train_batch_end(self, batch, logs=None):
+        data = (self.probe if self.probe is not None
+                else self._capture.pop_first(self.model.distribute_strategy.num_replicas_in_sync))
+        if self._start is None or data is None:
+            return
+        x, y = data
+        if y is None:
+            raise ValueError("CriticalLRMonitor needs targets y to monitor the loss.")
+        loss_after = self._monitored_loss(x, y)
+        end_weights = [tf.identity(v.value) for v in self._weights()]
+        self._assign(self._weights(), self._start["weights"])
+        try:
+            loss_before = self._monitored_loss(x, y)
+            eta_crit = self._eta_crit(x, y) if math.isfinite(loss_before) else math.nan
+        finally:
+            self._assign(self._weights(), end_weights)
+        self._update(self._start["lr"], eta_crit, loss_before, loss_after, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.history:
+            logs.update(self._latest)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _update(self, eta, eta_crit, loss_before, loss_after, logs):
+        self._measurements += 1
+        c = self.counts
+        event = math.isfinite(eta_crit) and eta - eta_crit > 1e-8
+        spike = not math.isfinite(loss_after) or loss_after > (1 + self.spike_rtol) * loss_before
+        c["catapult_events"] += event
+        c["catapults"] += event and not self._in_event_run
+        c["catapults_margin"] += math.isfinite(eta_crit) and eta > self.margin * eta_crit
+        c["loss_spikes"] += spike
+        c["matched"] += spike and event
+        self._in_event_run = event
+        if self._snapshots and self._snapshots[0]["loss"] is None:
+            self._snapshots[0]["loss"] = loss_before
+        if spike and event and not self._in_catapult:
+            self._in_catapult, self._pre_spike_loss = True, loss_before
+        elif self._in_catapult and eta_crit > eta:  # the kernel has flattened: catapult over
+            self._in_catapult, self._raise_settled = False, bool(self.raises)
+        values = dict(eta=eta, eta_crit=eta_crit, eta_over_crit=eta / eta_crit if eta_crit else
+                      math.inf, monitor_loss=loss_before,
+                      catapult_events=c["catapult_events"], catapults=c["catapults"],
+                      catapults_margin=c["catapults_margin"], loss_spikes=c["loss_spikes"],
+                      spike_event_match_rate=c["matched"] / c["loss_spikes"]
+                      if c["loss_spikes"] else math.nan,
+                      event_spike_rate=c["matched"] / c["catapult_events"]
+                      if c["catapult_events"] else math.nan)
+        self._guard_check(loss_after)
+        self._maybe_raise(eta, eta_crit, loss_after)
+        values.update(lr_raises=len(self.raises), guard_restores=len(self.restores))
+        self._latest = {k: float(v) for k, v in values.items()}
+        h = self.history
+        h.setdefault("step", []).append(self._start["step"])
+        h.setdefault("event", []).append(bool(event))
+        h.setdefault("spike", []).append(bool(spike))
+        h.setdefault("loss_after", []).append(loss_after)
+        for k, v in self._latest.items():
+            h.setdefault(k, []).append(v)
+        if logs is not None:
+            logs.update(self._latest)
+
+    def _guard_check(self, loss_after):
+        if not self.guard or not self._snapshots:
+            return
+        snap = self._snapshots[-1]
+        bad = not math.isfinite(loss_after) or loss_after > self.guard_factor * snap["loss"]
+        self._bad = self._bad + 1 if bad else 0
+        if not (math.isfinite(loss_after) and self._bad < self.patience):
+            self._bad = 0
+            self._restore(snap)
+            record = {"step": self._step(), "snapshot_step": snap["step"], "loss": loss_after}
+            if snap["raise"]:
+                new_lr = snap["raised_to"] * self.backoff
+                self._set_lr(new_lr)
+                record["lr"] = new_lr
+                self._in_catapult = False
+                self._last_raise_measurement = self._measurements
+            else:
+                self.model.stop_training = True
+                warnings.warn("CriticalLRMonitor guard: the loss diverged at the training "
+                              "learning rate; weights restored to the snapshot and training "
+                              "stopped.", RuntimeWarning, stacklevel=2)
+            self.restores.append(record)
+
+    def _maybe_raise(self, eta, eta_crit, loss_after):
+        policy = self.raise_policy
+        if (policy is not None and policy.decay is not None and self._raise_settled
+                and math.isfinite(eta_crit) and eta > eta_crit):
+            self._set_lr(policy.decay * eta_crit)
+            self.decays.append({"step": self._step(), "from": eta, "to": policy.decay * eta_crit})
+            return
+        if (policy is None or self.model.stop_training or len(self.raises) >= policy.max_raises
+                or self._in_catapult or not (math.isfinite(eta_crit) and eta_crit > eta)
+                or self._measurements - self._last_raise_measurement < policy.cooldown
+                or not math.isfinite(loss_after)
+                or (self._pre_spike_loss is not None and loss_after > self._pre_spike_loss)):
+            return
+        previous = self.history.get("eta_crit", [])
+        if not previous or abs(eta_crit - previous[-1]) > policy.stable_rtol * eta_crit:
+            return
+        new_lr = policy.factor * eta_crit
+        if self.guard:
+            self._snapshots.append(dict(self._snapshot(loss_after, True), raised_to=new_lr))
+        self.raises.append({"step": self._step(), "from": eta, "to": new_lr,
+                            "eta_crit": eta_crit})
+        self._raise_settled = False
+        self._set_lr(new_lr)
+        self._last_raise_measurement = self._measurements
+
+    # ------------------------------------------------------------------ plotting
+    def plot(self, path: str) -> None:
+        """Saves loss (log scale) with spikes, and eta vs eta_crit, against the step."""
+        import matplotlib.pyplot as plt  # optional dependency: pip install kerntk[plot]
+
+        h = self.history
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+        steps = np.asarray(h.get("step", []))
+        axes[0].semilogy(steps, h.get("monitor_loss", []), label="loss")
+        spikes = np.asarray(h.get("spike", []), bool)
+        if spikes.any():
+            axes[0].semilogy(steps[spikes], np.asarray(h["monitor_loss"])[spikes], "r.",
+                             label="spike")
+        axes[0].set(title="monitored loss", xlabel="step")
+        axes[0].legend()
+        axes[1].semilogy(steps, h.get("eta", []), label="$\\eta$")
+        axes[1].semilogy(steps, h.get("eta_crit", []), label="$\\eta_{crit}$")
+        axes[1].set(title="learning rate vs critical", xlabel="step")
+        axes[1].legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)

@@ -1,0 +1,228 @@
+"""Callbacks: behaviour on settings where the answer is known (thesis Ch. 3-4)."""
+
+import csv
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import kerntk
+from kerntk.callbacks import (AGOPAlignmentLogger, CatapultRaise, CriticalLRMonitor,
+                              NTKSpectrumTracker)
+
+
+def _linear_problem(n=16, d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype("float32")
+    y = rng.standard_normal((n, 1)).astype("float32")
+    x64 = x.astype(np.float64)
+    return x, y, n / np.linalg.eigvalsh(x64 @ x64.T)[-1]  # n / lambda_max(X X^T)
+
+
+def _linear_model(d, lr):
+    model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(1, use_bias=False)])
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+    return model
+
+
+def test_linear_model_eta_crit_and_monotone_descent_below_it():
+    x, y, eta_crit = _linear_problem()
+    model = _linear_model(x.shape[1], 0.9 * eta_crit)
+    monitor = CriticalLRMonitor()
+    history = model.fit(x, y, batch_size=len(x), epochs=30, verbose=0, callbacks=[monitor])
+    # A linear model's NTK is X X^T at every step: eta_crit is constant and equals the closed form.
+    np.testing.assert_allclose(monitor.history["eta_crit"], eta_crit, rtol=1e-6)
+    assert np.all(np.diff(monitor.history["monitor_loss"]) < 0)
+    assert monitor.counts["catapult_events"] == 0 and monitor.counts["loss_spikes"] == 0
+    assert history.history["eta_crit"][-1] == pytest.approx(eta_crit, rel=1e-6)
+
+
+def test_linear_model_above_eta_crit_diverges_and_guard_restores_snapshot():
+    x, y, eta_crit = _linear_problem()
+    model = _linear_model(x.shape[1], 1.1 * eta_crit)
+    w0 = [w.copy() for w in model.get_weights()]
+    monitor = CriticalLRMonitor(guard_factor=10.0, patience=3)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        model.fit(x, y, batch_size=len(x), epochs=200, verbose=0, callbacks=[monitor])
+    losses = monitor.history["loss_after"]
+    assert losses[-1] > 10 * monitor.history["monitor_loss"][0]  # it grew before the guard fired
+    assert all(monitor.history["event"])
+    assert len(monitor.restores) == 1 and len(losses) < 200
+    for w, w_init in zip(model.get_weights(), w0):
+        np.testing.assert_array_equal(w, w_init)
+
+
+def test_guard_off_lets_the_linear_model_diverge():
+    x, y, eta_crit = _linear_problem()
+    model = _linear_model(x.shape[1], 1.1 * eta_crit)
+    monitor = CriticalLRMonitor(guard=False)
+    model.fit(x, y, batch_size=len(x), epochs=30, verbose=0, callbacks=[monitor])
+    # The top eigencomponent grows by |1 - 1.1 * 2|^2 per step and soon dominates the loss.
+    losses = monitor.history["loss_after"]
+    assert np.all(np.diff(losses[-10:]) > 0) and losses[-1] > 10 * losses[0]
+    assert not monitor.restores
+
+
+def _sphere(n, d, seed):
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype("float32")
+
+
+def test_gd_catapult_lives_in_top_eigenspace_and_lowers_lambda_max():
+    x = _sphere(32, 10, 1)
+    y = np.sign(x[:, :1]).astype("float32")
+    model = kerntk.models.fcn(2, 1024, use_bias=False, input_shape=(10,), seed=0)
+    eta0 = kerntk.spectral.critical_lr(model, x)
+    model.compile(optimizer=keras.optimizers.SGD(1.7 * eta0), loss="mse")
+    tracker = NTKSpectrumTracker(x, y, k=3, top_s=5, every_n_steps=1, every_n_epochs=None)
+    monitor = CriticalLRMonitor()
+    model.fit(x, y, batch_size=len(x), epochs=40, verbose=0, callbacks=[tracker, monitor])
+    h = tracker.history
+    total = np.add(h["loss_top"], h["loss_rest"])
+    # Loss split sums to Keras' MSE on the probe.
+    np.testing.assert_allclose(total[-1], model.evaluate(x, y, verbose=0), rtol=1e-4)
+    peak = int(np.argmax(total))
+    assert total[peak] > total[0] and total[-1] < total[0]            # catapult: up, then below
+    assert h["ntk_lambda_1"][-1] <= 0.8 * h["ntk_lambda_1"][0]          # lambda_max drops >= 20%
+    assert h["loss_top"][peak] >= 0.9 * total[peak]                     # spike in top eigenspace
+    # The rise from the pre-spike minimum to the peak is carried by L_{<=s}; L_{>s} falls overall.
+    start = int(np.argmin(total[:peak + 1]))
+    rise_rest = h["loss_rest"][peak] - h["loss_rest"][start]
+    assert rise_rest <= 0.1 * (total[peak] - total[start])
+    assert h["loss_rest"][-1] < 0.1 * h["loss_rest"][0]
+    assert monitor.counts["catapults"] >= 1 and monitor.history["spike_event_match_rate"][-1] == 1
+
+
+def test_sgd_events_happen_exactly_on_the_scaled_example():
+    """Thesis Fig. 4.5: x_*, y_* scaled x2 make eta_crit(x_*) 4x smaller than the others'."""
+    n, d = 12, 12
+    x = _sphere(n, d, 2)
+    y = np.ones((n, 1), "float32")
+    star = 5
+    x[star] *= 2
+    y[star] *= 2
+    model = kerntk.models.fcn(2, 1024, use_bias=False, input_shape=(d,), seed=1)
+    model.layers[-1].trainable = False  # second layer fixed, as in the thesis
+    per_example = [kerntk.spectral.critical_lr(model, x[i:i + 1]) for i in range(n)]
+    others = min(e for i, e in enumerate(per_example) if i != star)
+    assert per_example[star] < others / 3
+    eta = math.sqrt(per_example[star] * others)
+    model.compile(optimizer=keras.optimizers.SGD(eta), loss="mse")
+    monitor = CriticalLRMonitor()
+    model.fit(x, y, batch_size=1, epochs=3, shuffle=False, verbose=0, callbacks=[monitor])
+    steps = np.asarray(monitor.history["step"])
+    events = steps[np.asarray(monitor.history["event"])]
+    assert len(events) >= 1 and np.all(events % n == star)
+    assert monitor.history["spike_event_match_rate"][-1] >= 0.9
+
+
+def test_catapult_raise_gives_repeated_catapults_and_a_rate_that_diverges_from_init():
+    x = _sphere(32, 10, 3)
+    y = np.sign(x[:, :1] * x[:, 1:2]).astype("float32")
+    model = kerntk.models.fcn(2, 1024, use_bias=False, input_shape=(10,), seed=2)
+    eta0 = kerntk.spectral.critical_lr(model, x)
+    model.compile(optimizer=keras.optimizers.SGD(0.5 * eta0), loss="mse")
+    monitor = CriticalLRMonitor(raise_policy=CatapultRaise(factor=1.5, max_raises=3, cooldown=5))
+    model.fit(x, y, batch_size=len(x), epochs=120, verbose=0, callbacks=[monitor])
+    assert len(monitor.raises) >= 2 and monitor.counts["catapults"] >= 2
+    final_lr = float(model.optimizer.learning_rate.numpy())
+    assert final_lr > 2 * eta0  # GD at this rate diverges from the initialization
+    assert monitor.history["loss_after"][-1] < 0.05 * monitor.history["monitor_loss"][0]
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+
+
+def test_agop_alignment_is_one_for_the_target_itself_and_grows_when_learning_x1x2():
+    rng = np.random.default_rng(4)
+    d = 5
+    x = rng.standard_normal((512, d)).astype("float32")
+    y = (x[:, 0] * x[:, 1])[:, None]
+    G_star = np.diag([1.0, 1.0, 0, 0, 0])  # E[grad grad^T] of x1 x2 on N(0, I)
+    model = kerntk.models.fcn(2, 256, input_shape=(d,), W_std=math.sqrt(2), b_std=0.1, seed=3)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    same = AGOPAlignmentLogger(x[:64], reference=model)
+    target = AGOPAlignmentLogger(x[:256], reference=G_star, metrics=("cosine", "pearson"))
+    model.fit(x, y, batch_size=128, epochs=40, verbose=0, callbacks=[same, target])
+    np.testing.assert_allclose(same.history["agop_alignment"][0], 1.0, atol=1e-12)
+    a = target.history["agop_alignment"]
+    assert a[-1] > a[0] + 0.2 and a[-1] > 0.8
+
+
+def test_logs_reach_history_csvlogger_and_work_with_validation_and_steps_per_execution(
+        tmp_path):
+    x = _sphere(24, 6, 5)
+    y = x[:, :1].copy()
+    model = kerntk.models.fcn(2, 64, input_shape=(6,), seed=4)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse", steps_per_execution=2)
+    csv_path = os.path.join(str(tmp_path), "log.csv")
+    tracker = NTKSpectrumTracker(x[:8], y[:8], k=2, top_s=2)
+    monitor = CriticalLRMonitor()
+    history = model.fit(x, y, batch_size=6, epochs=2, verbose=0, validation_data=(x, y),
+                        callbacks=[tracker, monitor, keras.callbacks.CSVLogger(csv_path)])
+    for key in ("ntk_lambda_1", "ntk_drift", "loss_top", "eta_crit", "catapult_events",
+                "val_loss"):
+        assert key in history.history and np.all(np.isfinite(history.history[key])), key
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and "eta_crit" in rows[0] and "ntk_lambda_1" in rows[0]
+    # 4 batches per epoch, hooks every 2 steps: 2 measurements per epoch.
+    assert monitor.history["step"] == [0, 2, 4, 6]
+    assert tracker.history["step"] == [0, 4, 8]
+    # The monitor leaves the model as it found it.
+    assert "train_step" not in model.__dict__
+    model.fit(x, y, batch_size=6, epochs=1, verbose=0)
+
+
+def test_learning_rate_schedule_is_rejected_by_raise_policy_but_fine_for_monitoring():
+    x, y, _ = _linear_problem()
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)
+    model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(schedule), loss="mse")
+    with pytest.raises(ValueError, match="LearningRateSchedule"):
+        model.fit(x, y, epochs=1, verbose=0,
+                  callbacks=[CriticalLRMonitor(raise_policy=CatapultRaise())])
+    monitor = CriticalLRMonitor()
+    model.fit(x, y, batch_size=len(x), epochs=2, verbose=0, callbacks=[monitor])
+    assert monitor.history["eta"][1] < monitor.history["eta"][0]  # the schedule's own decay
+
+
+def test_momentum_threshold_is_scaled_by_one_plus_beta():
+    x, y, eta_crit = _linear_problem()
+    model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(1, use_bias=False)])
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="mse")
+    monitor = CriticalLRMonitor()
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, callbacks=[monitor])
+    assert monitor.history["eta_crit"][0] == pytest.approx(1.9 * eta_crit, rel=1e-6)
+
+
+def test_plots_are_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    x = _sphere(8, 4, 6)
+    model = kerntk.models.fcn(2, 32, input_shape=(4,), seed=5)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    cbs = [NTKSpectrumTracker(x, x[:, :1], k=2, top_s=2), CriticalLRMonitor(),
+           AGOPAlignmentLogger(x, reference=np.eye(4))]
+    model.fit(x, x[:, :1], batch_size=8, epochs=2, verbose=0, callbacks=cbs)
+    for i, cb in enumerate(cbs):
+        path = os.path.join(str(tmp_path), f"{i}.png")
+        cb.plot(path)
+        assert os.path.getsize(path) > 1000
+
+
+@pytest.mark.parametrize("make", [
+    lambda: NTKSpectrumTracker(np.zeros((0, 3))),
+    lambda: NTKSpectrumTracker(np.full((4, 3), np.nan)),
+    lambda: NTKSpectrumTracker(np.zeros((4, 3)), k=5),
+    lambda: NTKSpectrumTracker(np.zeros((4, 3)), np.zeros((3, 1))),
+    lambda: NTKSpectrumTracker(np.zeros((4, 3)), every_n_steps=0),
+    lambda: CriticalLRMonitor(estimate="magic"),
+    lambda: CriticalLRMonitor(probe=np.zeros((4, 3))),
+    lambda: CriticalLRMonitor(backoff=1.5),
+    lambda: CatapultRaise(factor=0.9),
+    lambda: AGOPAlignmentLogger(np.zeros((4, 3)), reference=np.eye(2)),
+    lambda: AGOPAlignmentLogger(np.zeros((4, 3)), reference=np.eye(3), metrics=("l2",)),
+])
+def test_bad_arguments(make):
+    with pytest.raises(ValueError):
+        make()
