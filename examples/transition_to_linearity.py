@@ -126,6 +126,7 @@ def _norm(k: np.ndarray) -> float:
 
 def run_one(x, y, width: int, seed: int, ntk) -> dict:
     """Trains one DenseNet DAG by full-batch GD; returns its kernel drift and training record."""
+    keras.utils.clear_session(free_memory=True)   # drop the previous run's graphs and buffers
     keras.utils.set_random_seed(seed)
     graph = densenet_graph(x.shape[1], width, depth=FLAGS.depth, drop=FLAGS.drop, seed=seed)
     model = keras.Sequential([keras.Input((x.shape[1],)), DAG(graph, seed=seed)])
@@ -154,6 +155,24 @@ def fit_slope(widths, drifts):
     """Least-squares slope and intercept of log(drift) against log(width)."""
     slope, intercept = np.polyfit(np.log(widths), np.log(drifts), 1)
     return float(slope), float(intercept)
+
+
+def summarize(runs, widths, x, ntk_source: str, seconds: float) -> dict:
+    """Mean drift per width, fitted slopes and the settings, as a JSON-ready dict."""
+    mean = [float(np.mean([r["max_relative_kernel_change"] for r in runs if r["width"] == w]))
+            for w in widths]
+    slope, intercept = fit_slope(widths, mean)
+    # Past the input-dominated regime (hidden width >= input dim) the DenseNet is FCN-like.
+    wide = [(w, d) for w, d in zip(widths, mean) if w >= x.shape[1]]
+    slope_wide = fit_slope(*zip(*wide))[0] if len(wide) >= 2 else None
+    return {"slope": slope, "intercept": intercept, "theory_slope": -0.5,
+            "slope_widths_ge_input_dim": slope_wide, "widths": list(widths), "mean_drift": mean,
+            "runs": list(runs), "n_points": int(len(x)), "input_dim": int(x.shape[1]),
+            "ntk_source": ntk_source, "norm": FLAGS.norm, "depth": FLAGS.depth,
+            "drop": FLAGS.drop, "pool": FLAGS.pool, "classes": list(FLAGS.classes),
+            "lr_factor": FLAGS.lr_factor, "tol": FLAGS.tol, "max_steps": FLAGS.max_steps,
+            "all_converged": all(r["converged"] for r in runs), "smoke": FLAGS.smoke,
+            "seconds": seconds}
 
 
 def plot(results: dict, path: str):
@@ -198,34 +217,22 @@ def main(argv):
     x, y = load_cifar2(FLAGS.data, FLAGS.classes, FLAGS.n_points, FLAGS.pool)
     ntk, ntk_source = ntk_function()
     widths = [2 ** k for k in range(FLAGS.min_log2_width, FLAGS.max_log2_width + 1)]
+    os.makedirs(FLAGS.out_dir, exist_ok=True)
     runs, start = [], time.time()
-    for width in widths:
+    for i, width in enumerate(widths):
         for s in range(FLAGS.seeds):
             r = run_one(x, y, width, FLAGS.seed + 1000 * s + width, ntk)
             runs.append(r)
             print(f"width {width:5d} seed {s}: drift {r['max_relative_kernel_change']:.4g}  "
                   f"steps {r['steps']:4d}  loss {r['final_loss']:.2e}  "
                   f"({time.time() - start:.0f}s)", flush=True)
-    mean = [float(np.mean([r["max_relative_kernel_change"] for r in runs if r["width"] == w]))
-            for w in widths]
-    slope, intercept = fit_slope(widths, mean)
-    # Past the input-dominated regime (hidden width >= input dim) the DenseNet is FCN-like.
-    wide = [(w, d) for w, d in zip(widths, mean) if w >= x.shape[1]]
-    slope_wide = fit_slope(*zip(*wide))[0] if len(wide) >= 2 else None
-    results = {"slope": slope, "intercept": intercept, "theory_slope": -0.5,
-               "slope_widths_ge_input_dim": slope_wide, "widths": widths,
-               "mean_drift": mean, "runs": runs, "n_points": int(len(x)), "input_dim": int(x.shape[1]),
-               "ntk_source": ntk_source, "norm": FLAGS.norm, "depth": FLAGS.depth,
-               "drop": FLAGS.drop, "pool": FLAGS.pool, "classes": list(FLAGS.classes),
-               "lr_factor": FLAGS.lr_factor, "tol": FLAGS.tol, "max_steps": FLAGS.max_steps,
-               "all_converged": all(r["converged"] for r in runs), "smoke": FLAGS.smoke,
-               "seconds": time.time() - start}
-    os.makedirs(FLAGS.out_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.out_dir, "transition_to_linearity.json"), "w") as f:
-        json.dump(results, f, indent=2)
+        if i >= 1:  # rewrite the JSON after every width, so a killed run keeps what it measured
+            results = summarize(runs, widths[:i + 1], x, ntk_source, time.time() - start)
+            with open(os.path.join(FLAGS.out_dir, "transition_to_linearity.json"), "w") as f:
+                json.dump(results, f, indent=2)
     plot(results, os.path.join(FLAGS.out_dir, "transition_to_linearity.png"))
-    print(f"fitted slope {slope:.3f} (theory -0.5) over widths {widths[0]}..{widths[-1]}; "
-          f"slope over widths >= input dim {x.shape[1]}: {slope_wide}; "
+    print(f"fitted slope {results['slope']:.3f} (theory -0.5) over widths "
+          f"{widths[0]}..{widths[-1]}; slope over widths >= input dim {x.shape[1]}: {results['slope_widths_ge_input_dim']}; "
           f"all converged: {results['all_converged']}")
 
 
