@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import scipy.sparse.linalg as spla
 
-__all__ = ["EigenResult", "top_eigenpairs", "hessian_top_eigenpairs",
+__all__ = ["EigenResult", "top_eigenpairs", "hessian_operator", "gauss_newton_operator",
+           "hessian_top_eigenpairs",
            "gauss_newton_top_eigenpairs", "critical_lr"]
 
 _DENSE_MAX_N = 2000

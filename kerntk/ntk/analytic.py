@@ -15,7 +15,8 @@ Recursion (the standard NTK calculation, e.g. thesis App. C.6 parameterization; 
 With ``(u, v) ~ N(0, [[Sigma_z(x,x), Sigma_z], [Sigma_z, Sigma_z(x',x')]])``, ``cos(theta) =
 Sigma_z/sqrt(Sigma_z(x,x) Sigma_z(x',x'))`` and the arc-cosine kernels (Cho & Saul 2009)
 
-    k1 = E[relu(u) relu(v)]   = sqrt(Sigma_z(x,x) Sigma_z(x',x')) (sin theta + (pi - theta) cos theta) / (2 pi),
+    k1 = E[relu(u) relu(v)]   = sqrt(Sigma_z(x,x) Sigma_z(x',x'))
+                                (sin theta + (pi - theta) cos theta) / (2 pi),
     k0 = E[relu'(u) relu'(v)] = (pi - theta) / (2 pi),
 
 * a ReLU ``NTKDense`` hidden layer gives ``S' = k1``, ``T' = k0 Theta_z``;
@@ -42,7 +43,7 @@ Cost: O(depth n1 n2) time and memory for ``n1 x n2`` kernels.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -138,7 +139,7 @@ def _head(st: _State, W_std, b_std, use_bias) -> AnalyticKernels:
 
 def fcn_kernels(x1, x2=None, *, depth: int, W_std: float = 1.0, b_std: float = 1.0,
                 use_bias: bool = True) -> AnalyticKernels:
-    """Infinite-width NNGP and NTK of ``kerntk.models.fcn(depth, width, W_std=, b_std=, use_bias=)``.
+    """Infinite-width NNGP and NTK of ``kerntk.models.fcn(depth, width, W_std, b_std, use_bias)``.
 
     ``depth - 1`` ReLU ``NTKDense`` layers then a linear head, all NTK-parameterized (module
     docstring for the recursion). Per output: for ``out_dim = c`` the ``outputs="full"`` kernel is
