@@ -54,6 +54,6 @@ def test_quadratic_models_smoke_writes_png_and_finite_json(tmp_path):
 def test_help_documents_the_flags():
     proc = subprocess.run([sys.executable, SCRIPT, "--help"], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0
+    # absl exits with status 1 after printing --help, so check the text, not the status.
     for flag in ("smoke", "out_dir", "lr_factors", "width", "dataset", "steps", "n_train"):
         assert f"{flag}: " in proc.stdout, flag  # absl: "--width: doc", "--[no]smoke: doc"
