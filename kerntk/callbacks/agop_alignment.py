@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from kerntk import agop as agop_lib
-from kerntk.callbacks.base import MeasuringCallback, check_probe
+from kerntk.callbacks.base import MeasuringCallback, check_probe, full_precision
 
 METRICS = ("cosine", "pearson")
 
@@ -66,14 +66,16 @@ class AGOPAlignmentLogger(MeasuringCallback):
         if isinstance(self.reference, np.ndarray):
             self._G_star = self.reference
         elif isinstance(self.reference, keras.Model):
-            self._G_star = agop_lib.agop(self.reference, self.probe_x, center=self.center,
-                                         low_rank=True)
+            with full_precision(self.reference):
+                self._G_star = agop_lib.agop(self.reference, self.probe_x, center=self.center,
+                                             low_rank=True)
         else:
             self._G_star = agop_lib.egop(self.reference, self.probe_x, center=self.center,
                                          low_rank=True)
 
     def measure(self) -> Dict[str, float]:
-        G = agop_lib.agop(self.model, self.probe_x, center=self.center, low_rank=True)
+        with full_precision(self.model):  # mixed-precision models: input gradients in float32
+            G = agop_lib.agop(self.model, self.probe_x, center=self.center, low_rank=True)
         values = {}
         for metric in self.metrics:
             key = "agop_alignment" if metric == "cosine" else f"agop_alignment_{metric}"

@@ -20,6 +20,8 @@ from typing import Callable, Dict, List, Optional
 import keras
 import numpy as np
 
+from kerntk.ntk._common import compute_dtype, resolve_dtype
+
 
 def _check_every(name: str, value) -> Optional[int]:
     if value is None:
@@ -39,6 +41,19 @@ def check_probe(name: str, x) -> np.ndarray:
     if np.issubdtype(x.dtype, np.number) and not np.all(np.isfinite(x)):
         raise ValueError(f"`{name}` contains NaN or inf.")
     return x
+
+
+def full_precision(model: keras.Model):
+    """Context in which ``model`` computes in float32 (float64 for a float64 model): a
+    ``mixed_float16``/``mixed_bfloat16`` model's forward passes, input gradients and predictions
+    made by the callbacks are lifted to its float32 variables' precision."""
+    return compute_dtype(model, resolve_dtype(model, None))
+
+
+def predict_full_precision(model: keras.Model, x) -> np.ndarray:
+    """``model(x)`` in full precision (see :func:`full_precision`), as a float64 array."""
+    with full_precision(model):
+        return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), np.float64)
 
 
 class MeasuringCallback(keras.callbacks.Callback):

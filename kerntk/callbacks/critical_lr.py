@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerntk import ntk, spectral
-from kerntk.callbacks.base import check_probe
+from kerntk.callbacks.base import check_probe, full_precision
 from kerntk.callbacks.batch_capture import BatchCapture
 
 ESTIMATES = ("ntk", "hessian", "gauss_newton")
@@ -172,6 +172,8 @@ class CriticalLRMonitor(keras.callbacks.Callback):
 
     def _momentum_factor(self) -> float:
         opt = self._optimizer
+        if isinstance(opt, keras.optimizers.LossScaleOptimizer):  # mixed precision
+            opt = opt.inner_optimizer
         if isinstance(opt, keras.optimizers.SGD):
             beta = float(opt.momentum or 0.0)
             return (1 + beta) / (1 + 2 * beta) if opt.nesterov else 1 + beta
@@ -199,7 +201,8 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         return int(keras.ops.convert_to_numpy(self._optimizer.iterations))
 
     def _monitored_loss(self, x, y) -> float:
-        pred = self.model(x, training=False)
+        with full_precision(self.model):  # mixed precision: the loss in float32 or better
+            pred = self.model(x, training=False)
         value = self._loss(tf.cast(y, tf.float64), tf.cast(pred, tf.float64))
         return float(np.mean(keras.ops.convert_to_numpy(value)))
 

@@ -7,7 +7,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from kerntk import ntk, spectral
-from kerntk.callbacks.base import MeasuringCallback, check_probe
+from kerntk.callbacks.base import MeasuringCallback, check_probe, predict_full_precision
 
 
 class NTKSpectrumTracker(MeasuringCallback):
@@ -73,7 +73,7 @@ class NTKSpectrumTracker(MeasuringCallback):
         values["ntk_trace"] = float(np.trace(K))
         values["ntk_drift"] = float(np.linalg.norm(K - self._K0) / np.linalg.norm(self._K0))
         if self.probe_y is not None:
-            pred = np.asarray(self.model.predict(self.probe_x, verbose=0), np.float64)
+            pred = predict_full_precision(self.model, self.probe_x)
             residual = pred.reshape(self.probe_y.shape) - self.probe_y
             n, c = residual.shape
             top = eig.eigenvectors[:, :self.top_s]
