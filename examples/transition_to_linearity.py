@@ -28,6 +28,14 @@ here (the JSON says which).
     python examples/transition_to_linearity.py --smoke --out_dir /tmp/ttl  # seconds
 
 Writes ``transition_to_linearity.png`` and ``transition_to_linearity.json`` to ``--out_dir``.
+
+Recorded result (``--seeds 5 --max_log2_width 11``, defaults otherwise: pool 8 so d = 48, airplane
+vs automobile, spectral norm, NTK from ``kerntk.ntk.empirical_ntk``; 190 s on 2 busy CPU cores;
+every run converged to MSE < 1e-4 in 30-120 steps): mean drift 0.29, 0.13, 0.26, 0.37, 0.19, 0.14,
+0.10, 0.061, 0.034, 0.018, 0.011 for m = 2 .. 2048. Fitted slope -0.45 over 2..2048 (-0.40 over
+2..1024); it rises while m < d (the input-dominated regime explained above) and falls faster than
+-1/2 past it (-0.75 over 64..2048, -0.82 over 256..2048), i.e. closer to the O(1/m) drift of the
+kernel that finite-width corrections predict; Thm 2.3.6 gives only the upper bound O(1/sqrt(m)).
 """
 
 import json
