@@ -356,3 +356,20 @@ def test_k_th_order_term_at_zero_and_factorial(rng):
     total = sum(layer.kth_order_term(x, k) for k in range(5))
     np.testing.assert_allclose(total, layer(x), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(layer.kth_order_term(x, 3), 0.0, atol=1e-7)
+
+
+def test_ntk_engine_differentiates_taylor_models(rng):
+    empirical_ntk = pytest.importorskip("kerntk.ntk").empirical_ntk
+    model = _net(d=5, width=32, activation="relu")
+    x = rng.standard_normal((6, 5)).astype("float32")
+    K0 = empirical_ntk(model, x)
+    f_lin, f_quad = linearize(model), quadratic(model)
+    scale = np.abs(K0).max()
+    for tm in (f_lin, f_quad):  # at Δw = 0 both have the tangent kernel of f at w0
+        np.testing.assert_allclose(empirical_ntk(tm, x), K0, atol=1e-5 * scale)
+    v = _directions(model, rng)
+    _set_delta(f_lin, v, 0.5)
+    _set_delta(f_quad, v, 0.5)
+    # f_lin is linear in its weights, so its kernel never changes; f_quad's does (Hessian ≠ 0).
+    np.testing.assert_allclose(empirical_ntk(f_lin, x), K0, atol=1e-5 * scale)
+    assert np.abs(empirical_ntk(f_quad, x) - K0).max() > 1e-2 * scale
