@@ -35,6 +35,23 @@ def test_fcn_graph_equals_ntkdense_stack_with_same_weights():
     np.testing.assert_array_equal(y_dag, _np(stack(x)))
 
 
+def test_cnn_graph_equals_ntkconv_stack_with_same_weights():
+    from kerntk.layers import NTKConv2D
+
+    graph = cnn_graph((6, 6, 3), channels=4, depth=3, out_dim=2)
+    dag = DAG(graph, seed=0)
+    x = np.random.default_rng(0).standard_normal((3, 6, 6, 3)).astype("float32")
+    y_dag = _np(dag(x))
+    stack = keras.Sequential([keras.Input((6, 6, 3)),
+                              NTKConv2D(4, 3, padding="same", activation="relu", use_bias=False),
+                              NTKConv2D(4, 3, padding="same", activation="relu", use_bias=False),
+                              keras.layers.Flatten(), NTKDense(2, use_bias=False)])
+    convs = [layer for layer in stack.layers if hasattr(layer, "kernel")]
+    for layer, i in zip(convs, sorted(dag.kernels)):
+        layer.kernel.assign(dag.kernels[i].numpy())
+    np.testing.assert_allclose(y_dag, _np(stack(x)), rtol=1e-6, atol=1e-6)
+
+
 def _reference_forward(graph, kernels, masks, inputs):
     """Neuron-by-neuron numpy evaluation of thesis Eq. 2.2: for every neuron, list its live incoming
     (weight, source value) pairs over all edges, then divide the sum by sqrt(len(list))."""
