@@ -1,0 +1,153 @@
+"""Callback overhead benchmark (issue 4, "Performance"): fit time per epoch with and without
+kerntk's callbacks, measured side by side in one run.
+
+Reference setting: ``kerntk.models.fcn(5, 1024, input_shape=(3072,))`` (d=3072), 1,024 random
+samples, batch 128 (8 steps/epoch), plain SGD, MSE. Configurations:
+
+  plain     ``model.fit`` with no callback (Keras default ``jit_compile="auto"``)
+  tracker   NTKSpectrumTracker(probe of 128 points, with labels, every_n_steps=10) — target <= 1.15x
+  monitor   CriticalLRMonitor(every_n_steps=1), eta_crit of every batch       — target <= 2x
+  agop      AGOPAlignmentLogger(probe of 128 points, d x d matrix reference,
+            every_n_epochs=1)                                                   — target <= 1.10x
+
+Each fit uses a fresh model (same seed); the first epoch (tracing, warm-up, baseline
+measurements at train begin) is excluded and a run's time per epoch is the mean over the
+remaining epochs (the tracker fires on 4 of every 5 epochs, so a per-epoch median would hide it).
+Configurations are interleaved (plain, tracker, monitor, agop, plain, ...) so the ratios see the
+same machine load; the table reports the median over repeats and its ratio to ``plain``.
+
+    python benchmarks/callbacks.py            # 6 epochs x 3 repeats
+    python benchmarks/callbacks.py --quick    # 3 epochs x 1 repeat (smoke run)
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("epochs", 6, "Epochs per fit (the first is excluded).")
+flags.DEFINE_integer("repeats", 3, "Fits per configuration (interleaved).")
+flags.DEFINE_integer("n", 1024, "Training samples.")
+flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_integer("probe", 128, "Probe points of the tracker and the AGOP logger.")
+flags.DEFINE_integer("tracker_every", 10, "NTKSpectrumTracker every_n_steps.")
+flags.DEFINE_float("lr", 0.01, "SGD learning rate.")
+flags.DEFINE_list("configs", ["plain", "tracker", "monitor", "agop"], "Configurations to time.")
+flags.DEFINE_bool("quick", False, "Short smoke run: 3 epochs, 1 repeat.")
+
+D = 3072
+TARGETS = {"tracker": 1.15, "monitor": 2.0, "agop": 1.10}
+
+
+class _EpochClock:
+    """Wall time at every epoch end (placed last, so it includes the other callbacks' work)."""
+
+    def __init__(self):
+        import keras
+
+        class Clock(keras.callbacks.Callback):
+            def __init__(cb):
+                super().__init__()
+                cb.ends = []
+
+            def on_train_begin(cb, logs=None):
+                cb.ends = []
+
+            def on_epoch_end(cb, epoch, logs=None):
+                cb.ends.append(time.perf_counter())
+
+        self.callback = Clock()
+
+    def per_epoch(self) -> float:
+        ends = self.callback.ends
+        return (ends[-1] - ends[0]) / (len(ends) - 1)
+
+
+def _callbacks(config, x, y, probe_x, probe_y, reference):
+    from kerntk.callbacks import AGOPAlignmentLogger, CriticalLRMonitor, NTKSpectrumTracker
+
+    if config == "plain":
+        return []
+    if config == "tracker":
+        return [NTKSpectrumTracker(probe_x, probe_y, every_n_steps=FLAGS.tracker_every,
+                                   every_n_epochs=None)]
+    if config == "monitor":
+        return [CriticalLRMonitor(every_n_steps=1)]
+    if config == "agop":
+        return [AGOPAlignmentLogger(probe_x, reference, every_n_epochs=1)]
+    raise ValueError(f"Unknown configuration {config!r}.")
+
+
+def _fit(config, x, y, probe_x, probe_y, reference) -> dict:
+    import keras
+
+    import kerntk
+
+    keras.utils.clear_session()
+    model = kerntk.models.fcn(5, 1024, input_shape=(D,), seed=0)
+    model.compile(optimizer=keras.optimizers.SGD(FLAGS.lr), loss="mse")
+    clock = _EpochClock()
+    callbacks = _callbacks(config, x, y, probe_x, probe_y, reference)
+    model.fit(x, y, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, shuffle=True, verbose=0,
+              callbacks=callbacks + [clock.callback])
+    return {"per_epoch": clock.per_epoch(), "jit": bool(model.jit_compile)}
+
+
+def main(argv):
+    del argv
+    if FLAGS.quick:
+        FLAGS.epochs, FLAGS.repeats = 3, 1
+    if FLAGS.epochs < 2:
+        raise app.UsageError("--epochs must be >= 2 (the first epoch is excluded).")
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((FLAGS.n, D)).astype("float32")
+    y = rng.standard_normal((FLAGS.n, 1)).astype("float32")
+    probe_x = rng.standard_normal((FLAGS.probe, D)).astype("float32")
+    probe_y = rng.standard_normal((FLAGS.probe, 1)).astype("float32")
+    # A d x d matrix reference G* (a random PSD matrix of rank 64).
+    u = rng.standard_normal((D, 64))
+    reference = u @ u.T / 64
+
+    times = {c: [] for c in FLAGS.configs}
+    jit = {}
+    for r in range(FLAGS.repeats):
+        for config in FLAGS.configs:
+            result = _fit(config, x, y, probe_x, probe_y, reference)
+            times[config].append(result["per_epoch"])
+            jit[config] = result["jit"]
+            print(f"repeat {r}: {config:8s} {result['per_epoch']:.3f} s/epoch", flush=True)
+
+    steps = -(-FLAGS.n // FLAGS.batch_size)
+    base = statistics.median(times["plain"]) if "plain" in times else None
+    print(f"\nfcn(5, 1024), d={D}, n={FLAGS.n}, batch {FLAGS.batch_size} ({steps} steps/epoch), "
+          f"SGD; {FLAGS.epochs} epochs (first excluded) x {FLAGS.repeats} repeats; "
+          f"TF {tf.__version__}, {os.cpu_count()} CPU cores\n")
+    print("| configuration | jit_compile | s/epoch (median) | min | ratio to plain | target |")
+    print("|---|---|---|---|---|---|")
+    labels = {"plain": "plain fit",
+              "tracker": f"+ NTKSpectrumTracker (every {FLAGS.tracker_every} steps, "
+                         f"{FLAGS.probe}-pt probe)",
+              "monitor": "+ CriticalLRMonitor (every step, batch eta_crit)",
+              "agop": f"+ AGOPAlignmentLogger (per epoch, {FLAGS.probe}-pt probe, d x d ref)"}
+    for config in FLAGS.configs:
+        med = statistics.median(times[config])
+        ratio = f"{med / base:.2f}x" if base else "-"
+        target = TARGETS.get(config)
+        verdict = "-" if target is None or base is None else (
+            f"<= {target:.2f}x " + ("ok" if med / base <= target else "MISSED"))
+        print(f"| {labels[config]} | {jit[config]} | {med:.3f} | {min(times[config]):.3f} | "
+              f"{ratio} | {verdict} |")
+
+
+if __name__ == "__main__":
+    app.run(main)
