@@ -213,6 +213,13 @@ def test_batchnorm_in_training_mode_is_refused_by_structured(rng):
                                rtol=1e-6)
     for before, v in zip(stats, model.non_trainable_variables):  # no moving-stat update
         np.testing.assert_array_equal(before, v.numpy())
+    # Brute force of the batched function: one gradient per row of f(x) with batch statistics.
+    with tf.GradientTape(persistent=True) as tape:
+        out = model(x, training=True)[:, 0]
+        units = [out[i] for i in range(x.shape[0])]
+    J = np.array([np.concatenate([np.ravel(g) for g in tape.gradient(u, model.trainable_variables)])
+                  for u in units], dtype=np.float64)
+    assert rel(K_auto, J @ J.T) < 1e-5
     # Inference mode: samples are independent again and structured is exact.
     K = empirical_ntk(model, x, method="auto", training=False)
     assert rel(K, brute_kernels(brute_jacobian(model, x))[0]) < 1e-5

@@ -41,16 +41,18 @@ output channels and ``S`` its output positions (1 for a Dense layer on 2-D input
   pass. Raises ``ValueError`` if any trainable variable is not covered, or if the model couples
   the examples of a batch (BatchNormalization in training mode, or any layer whose output for an
   example depends on the other examples — detected by comparing ``f(x[:2])`` with ``f(x)[:2]``).
-* ``"jacobian"`` — the generic fallback: the Jacobian ``J`` (``n c x P``) of the batched
-  function, one reverse pass per row vectorized with ``pfor``, then ``K = J J^T``. Each row's pass
-  runs over the whole batch, so forming ``J`` costs ``n c`` batched backward passes
-  (``O(n^2 c P)`` for dense layers), plus ``O(n^2 c P)`` for the Gram; memory ``O(n c P)``,
-  bounded by treating the variables in groups of at most ``2^28`` Jacobian entries, one group
-  alive at a time (``block_size`` bounds it further). Exact for any model, batch-coupled ones
-  included (it differentiates the batched function).
+* ``"jacobian"`` — the generic fallback, for any layer: per-example Jacobians (a forward and
+  backward pass of each single example, vectorized over the batch with ``pfor``), ``J`` of shape
+  ``n c x P``, then ``K = J J^T``. Time ``O(c)`` batched backward passes with per-example weight
+  gradients materialized (``O(n c P)``), plus ``O(n^2 c P)`` for the Gram, which dominates;
+  memory ``O(n c P)``, bounded by treating the variables in groups of at most ``2^28`` Jacobian
+  entries, one group alive at a time (``block_size`` bounds it further). If the model couples the
+  examples of a batch (BatchNormalization with ``training=True``, or detected as above), the
+  Jacobian of the *batched* function is used instead (one reverse pass of the whole batch per
+  row, ``O(n^2 c P)`` time and more memory), which is exact for such models.
 * ``"auto"`` (default) — ``"structured"`` for every variable it covers and ``"jacobian"`` for the
-  others (e.g. LayerNormalization scales) within the same passes; the two blocks are added. If the
-  model couples the batch it falls back to ``"jacobian"`` for everything, with a warning.
+  others (e.g. LayerNormalization scales); the two blocks are added. If the model couples the
+  batch it falls back to the batched-function Jacobian for everything, with a warning.
 
 ``block_size`` computes ``K`` in ``block_size x block_size`` tiles (the upper triangle, then
 mirrored): the memory of every method then depends on ``block_size`` instead of ``n``, at the
@@ -298,7 +300,7 @@ def _make_kernel_fn(model: keras.Model, method: str, outputs, dtype: str, traini
         n = x.shape[0]
         tvars = model.trainable_variables
         index_of = {id(v): i for i, v in enumerate(tvars)}
-        sites = [] if method == "jacobian" else _find_sites(model, index_of)
+        sites = _find_sites(model, index_of) if method in ("structured", "auto") else []
         with compute_dtype(model, dtype):
             vals, ntvals = read_values(model)
             with _capture(sites):
@@ -306,43 +308,47 @@ def _make_kernel_fn(model: keras.Model, method: str, outputs, dtype: str, traini
                     tape.watch(vals)
                     out = forward(model, vals, ntvals, x, training, dtype)
                     # Targets are recorded on the tape: the sums give the cotangents D, the
-                    # selected columns the Jacobian of the uncovered variables.
+                    # selected columns the batched Jacobian.
                     cols = list(range(out.shape[1])) if isinstance(outputs, str) else [outputs]
                     sums = [tf.reduce_sum(out[:, k]) for k in cols]
                     target = tf.gather(out, cols, axis=1)
             m = min(2, n)
             probe = forward(model, vals, ntvals, x[:m], training, dtype)
-        full = outputs == "full"
-        active = [s for s in sites if len(s.records) == 1]
-        covered = set()
-        for s in active:
-            covered.add(s.kernel_index)
-            if s.bias_index is not None:
-                covered.add(s.bias_index)
-        rest = [i for i in range(len(tvars)) if i not in covered]
-        if method == "structured" and rest:
-            names = ", ".join(tvars[i].path for i in rest)
-            raise ValueError(f"method='structured' cannot factorize these trainable variables: "
-                             f"{names}. Use method='auto' (structured + jacobian for the rest) "
-                             f"or method='jacobian'.")
-        shape = (n1 * len(cols), (n - n1 if cross else n1) * len(cols)) if full else \
-            (n1, n - n1 if cross else n1)
-        K = tf.zeros(shape, tf.float64)
-        if active:
-            zs = [s.records[0][1] for s in active]
-            per_output = [tape.gradient(total, zs, unconnected_gradients=_ZERO)
-                          for total in sums]
-            for j, site in enumerate(active):
-                D = tf.stack([tf.cast(g[j], dtype) for g in per_output])
-                K += _site_kernel(site, D, n1, cross, full)
-        if rest:
+            full = outputs == "full"
+            active = [s for s in sites if len(s.records) == 1]
+            covered = set()
+            for s in active:
+                covered.add(s.kernel_index)
+                if s.bias_index is not None:
+                    covered.add(s.bias_index)
+            rest = [i for i in range(len(tvars)) if i not in covered]
+            if method == "structured" and rest:
+                names = ", ".join(tvars[i].path for i in rest)
+                raise ValueError(f"method='structured' cannot factorize these trainable "
+                                 f"variables: {names}. Use method='auto' (structured + jacobian "
+                                 f"for the rest) or method='jacobian'.")
+            shape = (n1 * len(cols), (n - n1 if cross else n1) * len(cols)) if full else \
+                (n1, n - n1 if cross else n1)
+            K = tf.zeros(shape, tf.float64)
+            if active:
+                zs = [s.records[0][1] for s in active]
+                per_output = [tape.gradient(total, zs, unconnected_gradients=_ZERO)
+                              for total in sums]
+                for j, site in enumerate(active):
+                    D = tf.stack([tf.cast(g[j], dtype) for g in per_output])
+                    K += _site_kernel(site, D, n1, cross, full)
             rows = (lambda t: tf.reshape(t, (-1, t.shape[-1]))) if full else \
                 (lambda t: tf.reshape(t, (t.shape[0], -1)))
-            for group in _variable_groups([vals[i] for i in rest], n * len(cols)):
+            for group in _variable_groups(rest, tvars, n * len(cols)):
                 # Control dependency on K: one group's Jacobian is alive at a time.
                 with tf.control_dependencies([K]):
-                    jacs = tape.jacobian(target, group, unconnected_gradients=_ZERO,
-                                         experimental_use_pfor=True)
+                    if method == "batched":
+                        jacs = tape.jacobian(target, [vals[i] for i in group],
+                                             unconnected_gradients=_ZERO,
+                                             experimental_use_pfor=True)
+                    else:
+                        jacs = _per_example_jacobian(model, vals, ntvals, x, training, dtype,
+                                                     cols, group)
                 for j in jacs:
                     J = tf.reshape(tf.cast(j, dtype), (n, len(cols), -1))
                     J1, J2 = (J[:n1], J[n1:]) if cross else (J, J)
@@ -355,20 +361,36 @@ def _make_kernel_fn(model: keras.Model, method: str, outputs, dtype: str, traini
     return tf.function(lambda x1: kernel(x1), autograph=False)
 
 
-def _variable_groups(values: List[tf.Tensor], rows: int) -> List[List[tf.Tensor]]:
+def _variable_groups(indices: List[int], tvars, rows: int) -> List[List[int]]:
     """Split variables into groups whose Jacobian (``rows x size``) stays under
     ``_MAX_JACOBIAN`` elements (a single variable may exceed it)."""
     groups, current, size = [], [], 0
-    for v in values:
-        elements = rows * int(np.prod(v.shape))
+    for i in indices:
+        elements = rows * int(np.prod(tvars[i].shape))
         if current and size + elements > _MAX_JACOBIAN:
             groups.append(current)
             current, size = [], 0
-        current.append(v)
+        current.append(i)
         size += elements
     if current:
         groups.append(current)
     return groups
+
+
+def _per_example_jacobian(model, vals, ntvals, x, training, dtype, cols, group):
+    """Per-example Jacobians ``(n, c', *shape)`` of ``vals[group]``: a forward/backward pass on
+    each single example, vectorized over the batch with ``pfor`` (examples independent)."""
+
+    def one(xi):
+        sub = [vals[i] for i in group]
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(sub)
+            out = forward(model, vals, ntvals, xi[None], training, dtype)
+            units = [out[0, k] for k in cols]
+        per_unit = [tape.gradient(u, sub, unconnected_gradients=_ZERO) for u in units]
+        return [tf.stack([g[v] for g in per_unit]) for v in range(len(sub))]
+
+    return tf.vectorized_map(one, x)
 
 
 def _cached_kernel_fn(model, method, outputs, dtype, training, cross):
@@ -436,17 +458,19 @@ def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
     bs = n if block_size is None else min(int(block_size), n)
 
     coupled = batch_mixing_layers(model, training)
-    if coupled and method != "jacobian":
+    if coupled:
         if method == "structured":
             raise ValueError(f"method='structured' needs independent examples, but these layers "
                              f"couple the batch with training=True: {coupled}. Use "
                              f"training=False or method='jacobian'.")
-        warnings.warn(f"Layers {coupled} couple the batch with training=True; computing the NTK "
-                      f"with method='jacobian'.", stacklevel=2)
-        method = "jacobian"
-    if coupled and bs < n:
-        raise ValueError(f"block_size needs independent examples, but these layers couple the "
-                         f"batch with training=True: {coupled}.")
+        if bs < n:
+            raise ValueError(f"block_size needs independent examples, but these layers couple "
+                             f"the batch with training=True: {coupled}.")
+        if method == "auto":
+            warnings.warn(f"Layers {coupled} couple the batch with training=True; computing the "
+                          f"NTK with method='jacobian' (Jacobian of the batched function).",
+                          stacklevel=2)
+        return _tiled(model, x, "batched", outputs, dt, training, bs)
 
     try:
         return _tiled(model, x, method, outputs, dt, training, bs)
@@ -459,11 +483,11 @@ def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
             raise ValueError("block_size needs independent examples, but the model's output for "
                              "an example depends on the rest of the batch "
                              "(f(x[:2]) != f(x)[:2]).") from None
-        if method == "jacobian":
-            raise AssertionError("unreachable: the jacobian method is checked only in tiles")
-        warnings.warn("The model couples the examples of a batch (f(x[:2]) != f(x)[:2]); "
-                      "computing the NTK with method='jacobian'.", stacklevel=2)
-        return _tiled(model, x, "jacobian", outputs, dt, training, bs)
+        if method == "auto":
+            warnings.warn("The model couples the examples of a batch (f(x[:2]) != f(x)[:2]); "
+                          "computing the NTK with method='jacobian' (Jacobian of the batched "
+                          "function).", stacklevel=2)
+        return _tiled(model, x, "batched", outputs, dt, training, bs)
 
 
 class _BatchCoupled(Exception):
@@ -478,7 +502,7 @@ def _tiled(model, x, method, outputs, dt, training, bs) -> np.ndarray:
     K = np.empty((n * reps, n * reps), dtype=np.float64)
     starts = list(range(0, n, bs))
     x = tf.constant(x, dtype=dt)
-    check = method != "jacobian" or bs < n
+    check = method != "batched"
     for a, s in enumerate(starts):
         xs = x[s:s + bs]
         rs = slice(s * reps, min(s + bs, n) * reps)
