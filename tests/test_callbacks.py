@@ -226,3 +226,21 @@ def test_plots_are_written(tmp_path):
 def test_bad_arguments(make):
     with pytest.raises(ValueError):
         make()
+
+
+def test_agop_logger_matches_the_matrix_alignment_for_low_rank_and_full_rank_references():
+    rng = np.random.default_rng(7)
+    d = 6
+    x = rng.standard_normal((40, d)).astype("float32")
+    model = kerntk.models.fcn(2, 32, out_dim=2, input_shape=(d,), seed=6)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    u = rng.standard_normal((d, 2))
+    references = [u @ u.T, np.cov(rng.standard_normal((d, 50)))]
+    loggers = [AGOPAlignmentLogger(x, reference=G, metrics=("cosine", "pearson"))
+               for G in references]
+    model.fit(x, x[:, :2], epochs=2, verbose=0, callbacks=loggers)
+    G = kerntk.agop.agop(model, x)  # the d x d matrix, no factors
+    for G_star, logger in zip(references, loggers):
+        for metric, key in (("cosine", "agop_alignment"), ("pearson", "agop_alignment_pearson")):
+            expected = kerntk.agop.alignment(G, G_star, metric=metric)
+            assert logger.history[key][-1] == pytest.approx(expected, rel=1e-6)  # float32 grads

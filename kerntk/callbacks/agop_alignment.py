@@ -13,6 +13,19 @@ from kerntk.callbacks.base import MeasuringCallback, check_probe, full_precision
 METRICS = ("cosine", "pearson")
 
 
+def _psd_factor(G: np.ndarray):
+    """``G = L^T L`` as an :class:`kerntk.agop.AGOPFactor` with ``rank(G)`` rows, computed once,
+    so each alignment costs O(n c r d) instead of O(n c d^2). A matrix with clearly negative
+    eigenvalues is no AGOP and is kept as a matrix."""
+    sym = (G + G.T) / 2
+    evals, evecs = np.linalg.eigh(sym)
+    tol = max(abs(evals[0]), abs(evals[-1])) * len(evals) * np.finfo(np.float64).eps
+    if evals[0] < -1e3 * tol or not np.allclose(G, sym, rtol=0, atol=1e3 * tol):
+        return G
+    keep = evals > tol
+    return agop_lib.AGOPFactor((evecs[:, keep] * np.sqrt(evals[keep])).T, 1)
+
+
 class AGOPAlignmentLogger(MeasuringCallback):
     """Logs the alignment between the model's AGOP and a reference ``G*`` during ``fit``.
 
@@ -36,7 +49,8 @@ class AGOPAlignmentLogger(MeasuringCallback):
             plotting; 0 disables.
 
     Cost per measurement: ``c`` backward passes over the probe plus the alignment from the
-    ``(n c) x d`` gradient factors (never ``d x d`` unless ``reference`` is a matrix).
+    ``(n c) x d`` gradient factors, O(n c r d) for a reference of rank ``r`` (a matrix reference
+    is factorized once, at the start of training, with one ``d x d`` eigendecomposition).
     """
 
     def __init__(self, probe_x, reference, every_n_epochs: Optional[int] = 1,
@@ -64,7 +78,7 @@ class AGOPAlignmentLogger(MeasuringCallback):
     def _on_train_begin(self) -> None:
         self.eigenvectors = []
         if isinstance(self.reference, np.ndarray):
-            self._G_star = self.reference
+            self._G_star = _psd_factor(self.reference)
         elif isinstance(self.reference, keras.Model):
             with full_precision(self.reference):
                 self._G_star = agop_lib.agop(self.reference, self.probe_x, center=self.center,
