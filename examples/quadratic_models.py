@@ -27,6 +27,14 @@ as in the thesis, ``train_4k`` / ``test_1k``), flattened and scaled per image to
     python examples/quadratic_models.py --smoke --out_dir /tmp/qm    # seconds
 
 Writes ``quadratic_models.png`` and ``quadratic_models.json`` to ``--out_dir``.
+
+Recorded run (defaults: MNIST 0 vs 2, n = 128, 500 test points, width 2048, no biases, 300 GD
+steps, seed 0; 11 min on 2 CPU cores): lambda_max(K0) = 50.0, eta_crit = 2.56. Best test loss
+f / f_lin / f_quad: 0.240 / 0.238 / 0.240 at 0.25 eta_crit, 0.225 / 0.223 / 0.225 at 0.9;
+at 1.2: 0.196 / diverged / 0.195; at 1.5: 0.155 / diverged / 0.152 (training-loss peaks 92x and
+105x the initial loss: catapults), best accuracy 0.978 / - / 0.982 vs 0.960 below eta_crit.
+f_quad diverges from 2.2 eta_crit on (thesis: eta_max = 2 eta_crit for quadratic models); f still
+converges up to 4 eta_crit (best test loss 0.13-0.42, noisy between learning rates).
 """
 
 import json
@@ -193,7 +201,6 @@ def plot(results, factors, eta_crit, path):
         ax.axvline(1.0, color="gray", linestyle="--", linewidth=1)
         ax.set_xlabel(r"learning rate / $\eta_{crit}$" + f"  ($\\eta_{{crit}}$ = {eta_crit:.3g})")
         ax.set_ylabel(label)
-        ax.set_xscale("log")
         ax.legend(fontsize=8)
     fig.suptitle(r"f, $f_{lin}$, $f_{quad}$ under GD (thesis Fig. 3.4 / B.5)")
     fig.tight_layout()
