@@ -8,10 +8,11 @@ relative change of the tangent kernel on the training points during training,
 ``max_t ||K_t - K_0|| / ||K_0||`` (spectral norm by default; thesis Eq. 2.17), and fit its slope
 against ``m`` on log-log axes; the theory (Thm 2.3.6) predicts ``Theta(1/sqrt(m))``, slope -1/2.
 
-Data: the first ``n/2`` images of each of two classes (default airplane = +1, automobile = -1) of
-``shared/datasets/cifar10/train_4k.npz``, optionally average-pooled ``--pool`` x ``--pool`` (see below),
-flattened, then standardized *per image* (zero mean, unit variance over its own d coordinates, so
-``||x||^2 = d`` and each input neuron is O(1), matching the N(0, 1) / sqrt(in-degree) scaling).
+Data: the first ``n/2`` images of each of two classes (default airplane = +1, automobile = -1)
+of ``shared/datasets/cifar10/train_4k.npz``, average-pooled ``--pool`` x ``--pool`` (see below),
+flattened, then standardized *per image* (zero mean, unit variance over its own d coordinates,
+so ``||x||^2 = d`` and each input neuron is O(1), matching the N(0, 1) / sqrt(in-degree)
+scaling).
 
 Why ``--pool``: in a DenseNet the input feeds every layer, so a hidden neuron's in-degree is about
 ``(d + (l - 1) m) / 2`` and the width of Def. 2.2.7 is at least ``d / 2``. With the full d = 3072,
@@ -20,22 +21,23 @@ widths below ~d barely change the network's non-linear part, and the drift no lo
 The JSON records both the hidden width and the Def. 2.2.7 width of every graph.
 
 Learning rate: ``lr = --lr_factor * n / lambda_max(K_0)`` per run, i.e. a fixed fraction of the
-critical rate ``n / lambda_max`` of this MSE convention (lazy regime, no catapult). The NTK comes from
-``kerntk.ntk.empirical_ntk`` when that module is importable, else from per-example gradients computed
-here (the JSON says which).
+critical rate ``n / lambda_max`` of this MSE convention (lazy regime, no catapult). The NTK comes
+from ``kerntk.ntk.empirical_ntk`` when that module is importable, else from per-example gradients
+computed here (the JSON says which).
 
     python examples/transition_to_linearity.py --out_dir /tmp/ttl          # full run (minutes)
     python examples/transition_to_linearity.py --smoke --out_dir /tmp/ttl  # seconds
 
 Writes ``transition_to_linearity.png`` and ``transition_to_linearity.json`` to ``--out_dir``.
 
-Recorded result (``--seeds 5 --max_log2_width 11``, defaults otherwise: pool 8 so d = 48, airplane
-vs automobile, spectral norm, NTK from ``kerntk.ntk.empirical_ntk``; 190 s on 2 busy CPU cores;
-every run converged to MSE < 1e-4 in 30-120 steps): mean drift 0.29, 0.13, 0.26, 0.37, 0.19, 0.14,
-0.10, 0.061, 0.034, 0.018, 0.011 for m = 2 .. 2048. Fitted slope -0.45 over 2..2048 (-0.40 over
-2..1024); it rises while m < d (the input-dominated regime explained above) and falls faster than
--1/2 past it (-0.75 over 64..2048, -0.82 over 256..2048), i.e. closer to the O(1/m) drift of the
-kernel that finite-width corrections predict; Thm 2.3.6 gives only the upper bound O(1/sqrt(m)).
+Recorded result (``--seeds 5 --max_log2_width 11``, defaults otherwise: pool 8 so d = 48,
+airplane vs automobile, spectral norm, NTK from ``kerntk.ntk.empirical_ntk``; 190 s on 2 busy CPU
+cores; every run converged to MSE < 1e-4 in 30-120 steps): mean drift 0.29, 0.13, 0.26, 0.37,
+0.19, 0.14, 0.10, 0.061, 0.034, 0.018, 0.011 for m = 2 .. 2048. Fitted slope -0.45 over 2..2048
+(-0.40 over 2..1024). The curve is noisy and not monotone while m < d (the input-dominated regime
+explained above) and falls faster than -1/2 past it (-0.75 over 64..2048, -0.82 over 256..2048),
+i.e. closer to the O(1/m) drift of the kernel that finite-width corrections predict; Thm 2.3.6
+gives only the upper bound O(1/sqrt(m)).
 """
 
 import json
@@ -59,7 +61,8 @@ flags.DEFINE_string("data", _DEFAULT_DATA, "CIFAR-10 .npz with x uint8 (N, 32, 3
 flags.DEFINE_string("out_dir", "out/transition_to_linearity", "Where the PNG and JSON go.")
 flags.DEFINE_list("classes", ["0", "1"], "The two CIFAR-10 classes, labelled +1 and -1.")
 flags.DEFINE_integer("n_points", 10, "Training points (even; half from each class).")
-flags.DEFINE_integer("pool", 8, "Average-pooling factor of the images before flattening (1 = none).")
+flags.DEFINE_integer("pool", 8, "Average-pooling factor of the images before flattening "
+                     "(1 = none, d = 3072; 8 gives d = 48).")
 flags.DEFINE_integer("depth", 3, "DenseNet depth L (L - 1 hidden nodes and a linear output).")
 flags.DEFINE_float("drop", 0.5, "Probability of dropping each weight (once, at construction).")
 flags.DEFINE_integer("min_log2_width", 1, "Smallest hidden width is 2**min_log2_width.")
@@ -240,8 +243,8 @@ def main(argv):
                 json.dump(results, f, indent=2)
     plot(results, os.path.join(FLAGS.out_dir, "transition_to_linearity.png"))
     print(f"fitted slope {results['slope']:.3f} (theory -0.5) over widths "
-          f"{widths[0]}..{widths[-1]}; slope over widths >= input dim {x.shape[1]}: {results['slope_widths_ge_input_dim']}; "
-          f"all converged: {results['all_converged']}")
+          f"{widths[0]}..{widths[-1]}; slope over widths >= input dim {x.shape[1]}: "
+          f"{results['slope_widths_ge_input_dim']}; all converged: {results['all_converged']}")
 
 
 if __name__ == "__main__":

@@ -1,49 +1,52 @@
-"""Feed-forward networks on a directed acyclic graph (thesis Ch. 2, Def. 2.2.2-2.2.7, App. A.1/A.4/A.5).
+"""Feed-forward networks on a DAG (thesis Ch. 2, Def. 2.2.2-2.2.7, App. A.1/A.4/A.5).
 
-A :class:`Graph` is a plain, JSON-serializable description of a network whose vertices are *groups of
-neurons* (nodes) and whose edges are linear maps between groups. Every neuron ``v`` of a non-input node
-computes (thesis Eq. 2.2)::
+A :class:`Graph` is a plain, JSON-serializable description of a network whose vertices are *groups
+of neurons* (nodes) and whose edges are linear maps between groups. Every neuron ``v`` of a
+non-input node computes (thesis Eq. 2.2)::
 
     f_v = sigma_v(f~_v) + sum_{skip edges (u, v)} f_u,
     f~_v = (1 / sqrt(in(v))) * sum_{u in S_in(v)} w_(u,v) f_u,       w ~ N(0, 1),
 
-where ``in(v)`` is the neuron's *true* in-degree: the number of weights that reach it through all of its
-incoming dense/conv edges after dropping. Inputs and outputs use the identity activation (Remark 2.2.4).
-:class:`kerntk.layers.DAG` turns a graph into a Keras layer.
+where ``in(v)`` is the neuron's *true* in-degree: the number of weights that reach it through all
+of its incoming dense/conv edges after dropping. Inputs and outputs use the identity activation
+(Remark 2.2.4). :class:`kerntk.layers.DAG` turns a graph into a Keras layer.
 
 Nodes:
     ``Node(id, size, activation)``: ``size`` is an int (a vector of neurons) or a tuple such as
     ``(height, width, channels)`` (a channels-last feature map, for conv edges).
 
 Edges (``Edge(src, dst, kind, ...)``):
-    * ``"dense"``: every neuron of ``src`` (flattened) feeds every neuron of ``dst``; one weight per pair.
-    * ``"conv"``: a convolution with shared weights (App. A.5, Eq. A.14) between two feature maps of equal
-      rank; kernel ``kernel_size + (c_src, c_dst)``. **Zero padding** (``padding="same"``) follows the
-      thesis (Eq. A.14 lets padded entries be 0 and A.15 divides by ``m * p`` at every position): the
-      padded taps count in the in-degree, so ``in(v) = (live kernel taps) * (live channels)`` is the same
-      at every spatial position, exactly like :class:`kerntk.layers.NTKConv2D`.
-    * ``"skip"``: a non-trainable identity connection added after the activation (App. A.4, Eq. A.12);
-      ``src`` and ``dst`` must have the same size. Skip edges carry no weights and do not count in
-      ``in(v)``.
+    * ``"dense"``: every neuron of ``src`` (flattened) feeds every neuron of ``dst``; one weight
+      per pair.
+    * ``"conv"``: a convolution with shared weights (App. A.5, Eq. A.14) between two feature maps
+      of equal rank; kernel ``kernel_size + (c_src, c_dst)``. **Zero padding** (``padding="same"``)
+      follows the thesis (Eq. A.14 lets padded entries be 0 and A.15 divides by ``m * p`` at every
+      position): the padded taps count in the in-degree, so ``in(v) = (live kernel taps) * (live
+      channels)`` is the same at every spatial position, exactly like
+      :class:`kerntk.layers.NTKConv2D`.
+    * ``"skip"``: a non-trainable identity connection added after the activation (App. A.4, Eq.
+      A.12); ``src`` and ``dst`` must have the same size. Skip edges carry no weights and do not
+      count in ``in(v)``.
 
-    A dense or conv edge may carry ``drop=p`` and an int ``seed``: each of its weights is removed once,
-    i.i.d. with probability ``p``, by a mask drawn from ``numpy.random.default_rng(seed)`` (App. A.1,
-    "randomly dropped edges"; fixed for the life of the network, unlike dropout). For conv edges a whole
-    shared weight (one kernel entry) is dropped.
+    A dense or conv edge may carry ``drop=p`` and an int ``seed``: each of its weights is removed
+    once, i.i.d. with probability ``p``, by a mask drawn from ``numpy.random.default_rng(seed)``
+    (App. A.1, "randomly dropped edges"; fixed for the life of the network, unlike dropout). For
+    conv edges a whole shared weight (one kernel entry) is dropped.
 
 Special cases: FCNs (:func:`fcn_graph`, Eq. A.4), DenseNets (:func:`densenet_graph`, Eq. A.5),
-randomly dropped edges (``drop``), skip connections (``skip`` edges, ``fcn_graph(skip=True)``), shared
-weights (:func:`cnn_graph`, Eq. A.15), random wirings (:func:`random_dag`) and bottleneck neurons
-(Fig. 2.3: a node of size 1 between wide nodes; note that it sets the Def. 2.2.7 width to its
-in-degree).
+randomly dropped edges (``drop``), skip connections (``skip`` edges, ``fcn_graph(skip=True)``),
+shared weights (:func:`cnn_graph`, Eq. A.15), random wirings (:func:`random_dag`) and bottleneck
+neurons (Fig. 2.3: a node of size 1 between wide nodes; note that it sets the Def. 2.2.7 width to
+its in-degree).
 
-Layers and width (Def. 2.2.1, 2.2.5, 2.2.7): the layer index of a node is the longest path (over all
-edges) from an input; the width ``m`` is the minimum per-neuron in-degree over nodes in layers >= 2.
+Layers and width (Def. 2.2.1, 2.2.5, 2.2.7): the layer index of a node is the longest path (over
+all edges) from an input; the width ``m`` is the minimum per-neuron in-degree over the nodes in
+layers 2 and up.
 
 Validation (at construction, each error names the culprit): unknown node ids, duplicate ids, cycles
-(one is printed), inputs with incoming edges, outputs not reachable from the inputs, non-input nodes
-with no incoming dense/conv edge or with a neuron whose in-degree is zero after dropping, size/channel
-mismatches of conv and skip edges, non-identity activations on outputs.
+(one is printed), inputs with incoming edges, outputs not reachable from the inputs, non-input
+nodes with no incoming dense/conv edge or with a neuron whose in-degree is zero after dropping,
+size/channel mismatches of conv and skip edges, non-identity activations on outputs.
 
 Example:
     >>> g = densenet_graph(in_dim=48, width=256, depth=3, drop=0.5, seed=0)
@@ -87,9 +90,10 @@ class Node:
 
     Args:
         id: unique string name.
-        size: positive int (a vector of neurons) or tuple of positive ints, e.g. ``(h, w, channels)``.
-        activation: Keras activation name (``None`` / ``"linear"`` is the identity). Inputs ignore it;
-            outputs must be the identity (thesis Remark 2.2.4).
+        size: positive int (a vector of neurons) or tuple of positive ints, e.g.
+            ``(h, w, channels)``.
+        activation: Keras activation name (``None`` / ``"linear"`` is the identity). Inputs
+            ignore it; outputs must be the identity (thesis Remark 2.2.4).
     """
 
     id: str
@@ -101,8 +105,9 @@ class Node:
             raise ValueError(f"Node ids must be non-empty strings; got {self.id!r}.")
         object.__setattr__(self, "size", _check_size(self.id, self.size))
         if self.activation is not None and not isinstance(self.activation, str):
-            raise ValueError(f"Node {self.id!r}: `activation` must be a Keras activation name (str) "
-                             f"or None so the graph stays JSON-serializable; got {self.activation!r}.")
+            raise ValueError(f"Node {self.id!r}: `activation` must be a Keras activation name "
+                             f"(str) or None so the graph stays JSON-serializable; got "
+                             f"{self.activation!r}.")
         if self.activation is not None:
             try:
                 keras.activations.get(self.activation)
@@ -156,7 +161,8 @@ class Edge:
         object.__setattr__(self, "drop", drop)
         if self.kind == "skip" and drop > 0:
             raise ValueError(f"Edge {self.name}: skip edges have no weights to drop.")
-        if drop > 0 and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))):
+        seed_ok = isinstance(self.seed, (int, np.integer)) and not isinstance(self.seed, bool)
+        if drop > 0 and not seed_ok:
             raise ValueError(f"Edge {self.name}: `seed` must be an int when drop > 0, so that the "
                              f"mask is reproducible; got {self.seed!r}.")
         if self.kind == "conv":
@@ -228,13 +234,14 @@ class Graph:
             self.nodes[n.id] = n
         self.edges: List[Edge] = [e if isinstance(e, Edge) else Edge(**e) for e in edges]
         if isinstance(inputs, str) or isinstance(outputs, str):
-            raise ValueError("`inputs` and `outputs` must be lists of node ids, not a single string.")
+            raise ValueError("`inputs` and `outputs` must be lists of node ids, not a single "
+                             "string.")
         self.inputs: List[str] = list(inputs)
         self.outputs: List[str] = list(outputs)
         self._masks: Dict[int, Optional[np.ndarray]] = {}
         self._validate()
 
-    # ------------------------------------------------------------------ construction / serialization
+    # ---------------------------------------------------------------- construction / serialization
     def to_config(self) -> dict:
         """Plain dict (JSON-serializable) with ``nodes``, ``edges``, ``inputs``, ``outputs``."""
         return {"nodes": [n.to_config() for n in self.nodes.values()],
@@ -266,7 +273,8 @@ class Graph:
                 raise ValueError(f"A graph needs at least one {role} node.")
             for i in ids:
                 if i not in self.nodes:
-                    raise ValueError(f"Unknown {role} node id {i!r}; known ids: {list(self.nodes)}.")
+                    raise ValueError(f"Unknown {role} node id {i!r}; known ids: "
+                                     f"{list(self.nodes)}.")
             if len(set(ids)) != len(ids):
                 raise ValueError(f"Duplicate ids in {role}s: {ids}.")
         for e in self.edges:
@@ -298,11 +306,12 @@ class Graph:
         reached = self._reachable_from_inputs(weighted_only=False)
         for o in self.outputs:
             if o not in reached:
-                raise ValueError(f"Output node {o!r} is not reachable from the inputs {self.inputs}.")
+                raise ValueError(f"Output node {o!r} is not reachable from the inputs "
+                                 f"{self.inputs}.")
         for v in self._order:
             if v not in inputs and not any(e.dst == v and e.weighted for e in self.edges):
-                raise ValueError(f"Non-input node {v!r} has no incoming dense/conv edge, so f~_v is "
-                                 f"undefined (skip edges alone do not count).")
+                raise ValueError(f"Non-input node {v!r} has no incoming dense/conv edge, so f~_v "
+                                 f"is undefined (skip edges alone do not count).")
         self._check_shapes()
         # Per-neuron in-degrees after dropping (draws and caches every mask).
         self._in_degrees = {}
@@ -314,9 +323,9 @@ class Graph:
                 idx = np.unravel_index(int(np.argmin(deg)), deg.shape)
                 dead = int((deg == 0).sum())
                 raise ValueError(
-                    f"Non-input node {v!r} has {dead} neuron(s) with no incoming edge after dropping "
-                    f"(first at index {tuple(int(i) for i in idx)}); lower `drop`, change the seed "
-                    f"or widen the sources.")
+                    f"Non-input node {v!r} has {dead} neuron(s) with no incoming edge after "
+                    f"dropping (first at index {tuple(int(i) for i in idx)}); lower `drop`, change "
+                    f"the seed or widen the sources.")
             self._in_degrees[v] = deg
         reached = self._reachable_from_inputs(weighted_only=True)
         for o in self.outputs:
@@ -346,7 +355,8 @@ class Graph:
                     order.append(v)
                 elif state[nxt] == 1:
                     cycle = path[path.index(nxt):] + [nxt]
-                    raise ValueError("The graph has a cycle: " + " -> ".join(map(repr, cycle)) + ".")
+                    raise ValueError("The graph has a cycle: " + " -> ".join(map(repr, cycle))
+                                     + ".")
                 elif state[nxt] == 0:
                     state[nxt] = 1
                     path.append(nxt)
@@ -379,22 +389,23 @@ class Graph:
             src, dst = self.nodes[e.src].shape, self.nodes[e.dst].shape
             if e.kind == "skip":
                 if src != dst:
-                    raise ValueError(f"Skip edge {e.name}: shape mismatch, {e.src!r} has size {src} "
-                                     f"but {e.dst!r} has size {dst}; identity skips need equal sizes.")
+                    raise ValueError(f"Skip edge {e.name}: shape mismatch, {e.src!r} has size "
+                                     f"{src} but {e.dst!r} has size {dst}; identity skips need "
+                                     f"equal sizes.")
             elif e.kind == "conv":
                 if len(src) < 2 or len(src) != len(dst):
                     raise ValueError(f"Conv edge {e.name}: both ends must be feature maps "
-                                     f"(spatial..., channels) of the same rank; got sizes {src} and "
-                                     f"{dst}.")
+                                     f"(spatial..., channels) of the same rank; got sizes {src} "
+                                     f"and {dst}.")
                 _, _, rank, ks, st = self._conv_geometry(e)
                 expected = []
                 for n, k, s in zip(src[:-1], ks, st):
                     expected.append(-(-n // s) if e.padding == "same" else (n - k) // s + 1)
                 if any(x <= 0 for x in expected) or tuple(expected) != dst[:-1]:
                     raise ValueError(f"Conv edge {e.name}: spatial shape mismatch; a {e.padding!r} "
-                                     f"convolution with kernel {ks} and strides {st} maps {src[:-1]} "
-                                     f"to {tuple(expected)}, but {e.dst!r} has spatial shape "
-                                     f"{dst[:-1]}.")
+                                     f"convolution with kernel {ks} and strides {st} maps "
+                                     f"{src[:-1]} to {tuple(expected)}, but {e.dst!r} has "
+                                     f"spatial shape {dst[:-1]}.")
 
     # ------------------------------------------------------------------ masks and degrees
     def kernel_shape(self, edge: Union[int, Edge]) -> Tuple[int, ...]:
@@ -546,7 +557,8 @@ def _edge_seed(seed: Optional[int], i: int, drop: float) -> Optional[int]:
     if drop == 0:
         return None
     if seed is None:
-        raise ValueError("`seed` must be an int when `drop > 0` so that the masks are reproducible.")
+        raise ValueError("`seed` must be an int when `drop > 0` so that the masks are "
+                         "reproducible.")
     return int(seed) * 100_003 + i
 
 
@@ -615,10 +627,10 @@ def random_dag(in_dim: int, num_nodes: int, width: int, out_dim: int = 1, *,
                seed: int = 0) -> Graph:
     """Erdős–Rényi DAG of ``num_nodes`` hidden nodes (seeded, RandWire-like).
 
-    Hidden nodes ``n0..n{k-1}`` are in a fixed order; each pair ``(ni, nj)``, ``i < j``, gets a dense
-    edge with probability ``edge_prob``. A hidden node with no predecessor is fed by the input ``x``;
-    one with no successor feeds the output ``y``; ``x`` also feeds ``n0`` and ``n0`` or a later node
-    always reaches ``y``, so every node lies on an input-output path.
+    Hidden nodes ``n0..n{k-1}`` are in a fixed order; each pair ``(ni, nj)``, ``i < j``, gets a
+    dense edge with probability ``edge_prob``. A hidden node with no predecessor is fed by the
+    input ``x`` and one with no successor feeds the output ``y``, so every node lies on an
+    input-output path.
 
     Args:
         in_dim, out_dim: input / output sizes.

@@ -15,7 +15,8 @@ SCRIPT = os.path.join(ROOT, "examples", "transition_to_linearity.py")
 DATA = os.path.join(ROOT, "..", "shared", "datasets", "cifar10", "train_4k.npz")
 
 
-@pytest.mark.skipif(not os.path.exists(DATA), reason="needs ../shared/datasets/cifar10/train_4k.npz")
+@pytest.mark.skipif(not os.path.exists(DATA),
+                    reason="needs ../shared/datasets/cifar10/train_4k.npz")
 def test_transition_to_linearity_smoke_writes_png_and_finite_json(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, SCRIPT, "--smoke", f"--out_dir={tmp_path}"],

@@ -15,25 +15,28 @@ from kerntk.graph import Graph
 class DAG(keras.layers.Layer):
     """A whole feed-forward network on a directed acyclic graph, as one layer (thesis Eq. 2.2).
 
-    For every non-input node ``v`` of ``graph`` (a :class:`kerntk.graph.Graph`), in topological order::
+    For every non-input node ``v`` of ``graph`` (a :class:`kerntk.graph.Graph`), in topological
+    order::
 
         f~_v = (1 / sqrt(in(v))) * sum_{dense/conv edges e = (u, v)} W_e (x) (M_e * f_u)
         f_v  = activation_v(f~_v) + sum_{skip edges (u, v)} f_u
 
-    where ``W_e ~ N(0, 1)`` is the edge's trainable kernel, ``M_e`` its fixed 0/1 drop mask (applied to
-    the kernel), ``(x)`` a matmul (dense, source flattened) or a convolution (conv, shared weights,
-    zero padding), and ``in(v)`` the per-neuron in-degree after dropping, summed over all incoming
-    edges (see :mod:`kerntk.graph`; padded conv taps count). Inputs and outputs are the identity. There
-    are no biases: this is the thesis' DAG network in NTK parameterization with ``W_std = 1``, so a
-    chain graph equals a stack of ``NTKDense(..., use_bias=False)`` with the same kernels.
+    where ``W_e ~ N(0, 1)`` is the edge's trainable kernel, ``M_e`` its fixed 0/1 drop mask
+    (applied to the kernel), ``(x)`` a matmul (dense, source flattened) or a convolution (conv,
+    shared weights, zero padding), and ``in(v)`` the per-neuron in-degree after dropping, summed
+    over all incoming edges (see :mod:`kerntk.graph`; padded conv taps count). Inputs and outputs
+    are the identity. There are no biases: this is the thesis' DAG network in NTK parameterization
+    with ``W_std = 1``, so a chain graph equals a stack of ``NTKDense(..., use_bias=False)`` with
+    the same kernels. Dropped weights stay in the kernels but get no gradient.
 
     Args:
         graph: a :class:`kerntk.graph.Graph` or its ``to_config()`` dict.
         seed: optional int; edge ``i`` (in ``graph.edges`` order) initializes its kernel with seed
             ``seed + i``.
 
-    Input: one tensor ``(batch, *size)`` per input node (a list, in ``graph.inputs`` order, when there
-    are several). Output: ``(batch, *size)`` of the output node, or a list in ``graph.outputs`` order.
+    Input: one tensor ``(batch, *size)`` per input node (a list, in ``graph.inputs`` order, when
+    there are several). Output: ``(batch, *size)`` of the output node, or a list in
+    ``graph.outputs`` order.
 
     Example:
         >>> from kerntk.graph import densenet_graph
@@ -42,8 +45,8 @@ class DAG(keras.layers.Layer):
         >>> print(layer.graph.summary())
 
     Attributes: ``graph``; ``kernels`` (dict edge index -> variable, weighted edges only);
-    ``edge_masks`` (dict edge index -> numpy mask or ``None``); ``inv_sqrt_in_degree`` (dict node id ->
-    float32 numpy array of the node's shape).
+    ``edge_masks`` (dict edge index -> numpy mask or ``None``); ``inv_sqrt_in_degree`` (dict node
+    id -> float32 numpy array of the node's shape).
     """
 
     def __init__(self, graph: Union[Graph, dict], seed: Optional[int] = None, **kwargs):
