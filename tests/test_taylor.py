@@ -306,6 +306,7 @@ def test_stateless_call_and_trainable_weights_behave_for_an_ntk_engine(float64, 
     assert [w.path for w in tm.trainable_weights] == [w.path for w in tm.delta]
 
 
+@pytest.mark.filterwarnings("ignore:Gradients do not exist")  # f^(2) has no output-bias term
 @pytest.mark.parametrize("builder", [linearize, quadratic, lambda m: taylor(m, order=3),
                                      lambda m: taylor_term(m, 2)])
 def test_taylor_models_save_and_load(tmp_path, rng, builder):
