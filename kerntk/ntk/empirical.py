@@ -32,7 +32,8 @@ output channels and ``S`` its output positions (1 for a Dense layer on 2-D input
     ``K_ij = m_W^2 sum_{s,t} <P_is, P_jt> <D_is, D_jt>`` with ``P`` the input patches;
     time ``O(n^2 S^2 (F + c C))``, memory ``O(n^2 S^2)``.
   - same, *per-example-gradient form*: ``G_i = P_i^T D_i`` (``F x C``), ``K = G G^T``;
-    time ``O(n S F C c + n^2 F C c)``, memory ``O(n (S F + c F C))``.
+    time ``O(n S F C c + n^2 F C c)``, memory ``O(n c F C)`` (for convolutions ``G_i`` comes
+    from the conv backprop-filter op vectorized over examples; no patches are formed).
 
   The cheaper of the two forms (by a multiply-add count) is chosen per layer. Covered layers:
   ``kerntk.layers.NTKDense`` (and ``PolyDense``), ``kerntk.layers.BaseNTKConv`` (``NTKConv1D``,
@@ -262,24 +263,63 @@ def _weight_block(A1, A2, D1, D2, full: bool) -> tf.Tensor:
 
     G1 = grads(A1, D1)
     G2 = G1 if (A2 is A1 and D2 is D1) else grads(A2, D2)
+    return _gradient_gram(G1, G2, full)
+
+
+def _gradient_gram(G1: tf.Tensor, G2: tf.Tensor, full: bool) -> tf.Tensor:
+    """Gram of per-example, per-output gradients G: (n, c, P)."""
+    n1, c = G1.shape[0], G1.shape[1]
+    n2 = G2.shape[0]
     if full:
         return tf.matmul(tf.reshape(G1, (n1 * c, -1)), tf.reshape(G2, (n2 * c, -1)),
                          transpose_b=True)
     return tf.matmul(tf.reshape(G1, (n1, -1)), tf.reshape(G2, (n2, -1)), transpose_b=True)
 
 
+def _conv_gradients(a: tf.Tensor, D: tf.Tensor, site: _Site) -> tf.Tensor:
+    """Per-example, per-output kernel gradients ``(n, c, F*C)`` of a channels_last conv site
+    (without the multiplier): ``Conv2DBackpropFilter`` on each example, vectorized with ``pfor``;
+    the ``c`` outputs ride along as extra output channels. D: (c, n, *out_spatial, C)."""
+    c, n, C = D.shape[0], D.shape[1], D.shape[-1]
+    sizes, strides = list(site.kernel_size), list(site.strides)
+    if len(sizes) == 1:
+        a, D, sizes, strides = a[:, None], D[:, :, None], [1] + sizes, [1] + strides
+    cin = a.shape[-1]
+    Dt = tf.reshape(tf.transpose(D, (1, 2, 3, 0, 4)), (n, D.shape[2], D.shape[3], c * C))
+
+    def one(args):
+        ai, di = args
+        return tf.raw_ops.Conv2DBackpropFilter(
+            input=ai[None], filter_sizes=sizes + [cin, c * C], out_backprop=di[None],
+            strides=[1] + strides + [1], padding=site.padding.upper())
+
+    G = tf.reshape(tf.vectorized_map(one, (a, Dt)), (n, -1, c, C))
+    return tf.reshape(tf.transpose(G, (0, 2, 1, 3)), (n, c, -1))
+
+
 def _site_kernel(site: _Site, D: tf.Tensor, n1: int, cross: bool, full: bool) -> tf.Tensor:
     """Kernel block (float64) of one site's kernel and bias; D: (c, n, *z.shape[1:])."""
     a, _ = site.records[0]
-    A = _patches(a, site)
-    c, n = D.shape[0], D.shape[1]
-    D = tf.reshape(D, (c, n, A.shape[1], -1))
-    if cross:
-        A1, A2, D1, D2 = A[:n1], A[n1:], D[:, :n1], D[:, n1:]
+    c, n, C = D.shape[0], D.shape[1], D.shape[-1]
+    S = int(np.prod(D.shape[2:-1]))
+    if site.kind == "conv":
+        F = int(np.prod(site.kernel_size)) * a.shape[-1]
+        n2 = n - n1 if cross else n1
+        conv_grad = _choose_form(n1, n2, S, F, C, c, full) == "grad"
     else:
-        A1 = A2 = A
-        D1 = D2 = D
-    K = tf.cast(_weight_block(A1, A2, D1, D2, full), tf.float64) * site.kernel_multiplier ** 2
+        conv_grad = False
+    if conv_grad:
+        # Per-example gradients straight from the conv backprop op: no patches in memory.
+        G = _conv_gradients(a, D, site)
+        G1, G2 = (G[:n1], G[n1:]) if cross else (G, G)
+        K = _gradient_gram(G1, G2, full)
+    D = tf.reshape(D, (c, n, S, C))
+    D1, D2 = (D[:, :n1], D[:, n1:]) if cross else (D, D)
+    if not conv_grad:
+        A = _patches(a, site)
+        A1, A2 = (A[:n1], A[n1:]) if cross else (A, A)
+        K = _weight_block(A1, A2, D1, D2, full)
+    K = tf.cast(K, tf.float64) * site.kernel_multiplier ** 2
     if site.bias_index is not None:
         B1 = tf.reduce_sum(D1, axis=2)
         B2 = B1 if not cross else tf.reduce_sum(D2, axis=2)
