@@ -374,3 +374,21 @@ def test_ntk_engine_differentiates_taylor_models(rng):
     # f_lin is linear in its weights, so its kernel never changes; f_quad's does (Hessian ≠ 0).
     np.testing.assert_allclose(empirical_ntk(f_lin, x), K0, atol=1e-5 * scale)
     assert np.abs(empirical_ntk(f_quad, x) - K0).max() > 1e-2 * scale
+
+
+@pytest.mark.parametrize("kwargs", [dict(seed=0), dict(feature_map="random_projection",
+                                                       features=6, sigma="identity", seed=1)])
+def test_general_quadratic_passes_the_layer_harness(tmp_path, kwargs):
+    from tests.layer_harness import run_layer_test
+    run_layer_test(GeneralQuadratic, kwargs, (5,), (1,), tmp_path)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_symmetric_two_layer_mixed_precision(rng, policy):
+    x = rng.standard_normal((4, 5)).astype("float32")
+    layer = SymmetricTwoLayer(8, dtype=policy, seed=0)
+    for training in (False, True):
+        out = layer(x, training=training)
+        assert keras.backend.standardize_dtype(out.dtype) == policy.split("_")[1]
+        assert np.all(keras.ops.convert_to_numpy(out) == 0)
+    assert layer.kernel.dtype == "float32"

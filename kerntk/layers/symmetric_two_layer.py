@@ -144,7 +144,7 @@ class SymmetricTwoLayer(keras.layers.Layer):
 
     def forward(self, inputs, signs=None):
         """``f_{W₀ + WΣ}(x)`` for a given sign vector (``None``: ``Σ = I``), shape ``(batch, 1)``."""
-        w = self.kernel if signs is None else self.kernel * signs
+        w = self.kernel if signs is None else self.kernel * ops.cast(signs, self.compute_dtype)
         half = self.width // 2
         base = ops.matmul(inputs, self.w0_half)
         move = ops.matmul(inputs, w)
@@ -156,7 +156,7 @@ class SymmetricTwoLayer(keras.layers.Layer):
     def call(self, inputs, training=None):
         if training and self.randomize:
             signs = self.draw_signs()
-            self.last_signs.assign(signs)
+            self.last_signs.assign(ops.cast(signs, self.last_signs.dtype))
             return self.forward(inputs, signs)
         if self.eval_mode == "deterministic":
             return self.forward(inputs)
