@@ -244,8 +244,9 @@ def main(_):
             r = run(x, y, x_test, y_test, m, w0, factor * eta_crit, FLAGS.steps, tracker)
             r["lr"], r["lr_factor"] = factor * eta_crit, factor
             results[name].append(r)
+            best = r["best_test_loss"]
             print(f"eta = {factor:4.2f} eta_crit  {name:6s}  best test loss "
-                  f"{r['best_test_loss'] if r['best_test_loss'] is None else round(r['best_test_loss'], 4)}"
+                  f"{best if best is None else round(best, 4)}"
                   f"  acc {r['best_test_acc']:.3f}  peak/initial train loss "
                   f"{r['peak_train_loss'] / r['initial_train_loss']:.3g}"
                   f"{'  DIVERGED' if r['diverged'] else ''}", flush=True)

@@ -143,7 +143,7 @@ class SymmetricTwoLayer(keras.layers.Layer):
         return ops.cast(2 * bits - 1, self.compute_dtype)
 
     def forward(self, inputs, signs=None):
-        """``f_{W₀ + WΣ}(x)`` for a given sign vector (``None``: ``Σ = I``), shape ``(batch, 1)``."""
+        """``f_{W₀ + WΣ}(x)`` for a sign vector ``signs`` (``None``: ``Σ = I``); ``(batch, 1)``."""
         w = self.kernel if signs is None else self.kernel * ops.cast(signs, self.compute_dtype)
         half = self.width // 2
         base = ops.matmul(inputs, self.w0_half)
