@@ -56,6 +56,8 @@ flags.DEFINE_float("lr_factor", 0.5, "Learning rate as a multiple of eta_crit of
 flags.DEFINE_float("loss_threshold", 1e-3, "Stop when the epoch's training loss is below this "
                    "(thesis: 1e-3).")
 flags.DEFINE_integer("max_epochs", 200, "Epoch cap per run (GD: steps).")
+flags.DEFINE_integer("max_steps", 0, "If > 0, also cap every run at this many SGD steps (the "
+                     "same optimization budget for every batch size; 0: epochs only).")
 flags.DEFINE_integer("seeds", 3, "Independent runs (data and initialization; thesis: 3).")
 flags.DEFINE_float("margin", 1.2, "Events with eta > margin x eta_crit(X_batch) are counted apart.")
 flags.DEFINE_integer("gd_monitor_every", 1, "Full-batch runs: measure eta_crit every this many "
@@ -87,7 +89,10 @@ def run(task_data, batch_size, seed, width, max_epochs):
         if logs["loss"] < FLAGS.loss_threshold:
             model.stop_training = True
 
-    hist = model.fit(x, y, batch_size=min(batch_size, n), epochs=max_epochs, shuffle=True,
+    epochs = max_epochs
+    if FLAGS.max_steps > 0:
+        epochs = min(epochs, -(-FLAGS.max_steps // -(-n // min(batch_size, n))))
+    hist = model.fit(x, y, batch_size=min(batch_size, n), epochs=epochs, shuffle=True,
                      verbose=0, callbacks=[monitor, agop,
                                            keras.callbacks.LambdaCallback(on_epoch_end=stop)])
     c = monitor.counts
@@ -142,7 +147,8 @@ def main(argv):
         table.append(entry)
     summary = {"task": FLAGS.task, "n": n, "n_test": n_test, "d": FLAGS.d, "depth": FLAGS.depth,
                "width": width, "lr_over_eta_crit": FLAGS.lr_factor,
-               "loss_threshold": FLAGS.loss_threshold, "max_epochs": max_epochs, "seeds": seeds,
+               "loss_threshold": FLAGS.loss_threshold, "max_epochs": max_epochs,
+               "max_steps": FLAGS.max_steps, "seeds": seeds,
                "margin": FLAGS.margin, "gd_monitor_every": FLAGS.gd_monitor_every,
                "use_bias": FLAGS.use_bias, "b_std": FLAGS.b_std if FLAGS.use_bias else 0.0,
                "by_batch_size": table, "runs": runs}
