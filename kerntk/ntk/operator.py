@@ -62,6 +62,20 @@ def _jvp_fn(model, dtype, training):
     return tf.function(jvp, autograph=False)
 
 
+def _cached(model, kind: str, dtype: str, training: bool):
+    """The compiled VJP/JVP of ``model``, kept on the model so that repeated operators (e.g. one
+    per epoch in a callback) do not retrace."""
+    cache = model.__dict__.get("_kerntk_ntk_cache")
+    if cache is None:
+        cache = {}
+        object.__setattr__(model, "_kerntk_ntk_cache", cache)
+    key = ("operator", kind, dtype, bool(training),
+           tuple(id(v) for v in model.trainable_variables))
+    if key not in cache:
+        cache[key] = (_vjp_fn if kind == "vjp" else _jvp_fn)(model, dtype, training)
+    return cache[key]
+
+
 def ntk_operator(model: keras.Model, x, outputs: Union[str, int] = "trace", *,
                  block_size: Optional[int] = None, training: bool = False,
                  dtype=None) -> spla.LinearOperator:
@@ -103,7 +117,7 @@ def ntk_operator(model: keras.Model, x, outputs: Union[str, int] = "trace", *,
     size = n * c if outputs == "full" else n
     xt = tf.constant(x, dtype=dt)
     chunks = [(s, min(s + bs, n)) for s in range(0, n, bs)]
-    vjp, jvp = _vjp_fn(model, dt, training), _jvp_fn(model, dt, training)
+    vjp, jvp = _cached(model, "vjp", dt, training), _cached(model, "jvp", dt, training)
 
     def product(V: np.ndarray) -> np.ndarray:
         """``J (J^T V)`` as an ``(n, c)`` array, for a cotangent ``V`` of shape ``(n, c)``."""
