@@ -17,9 +17,10 @@ Conventions
 
 Methods and their cost
 ----------------------
-Notation: ``n`` examples, ``c`` output units (1 for ``"trace"``/int would still need ``c``
-backward passes for ``"trace"``), ``P`` parameters, and for one layer ``F`` its fan-in, ``C`` its
-output channels and ``S`` its output positions (1 for a Dense layer on 2-D input).
+Notation: ``n`` examples, ``c`` output units (``c = 1`` below for ``outputs=int``), ``P``
+parameters, and for one layer ``F`` its fan-in, ``C`` its output channels and ``S`` its output
+positions (1 for a Dense layer on 2-D input). Costs are for ``outputs="trace"``; with
+``"full"`` the Gram terms grow from ``n^2`` to ``(n c)^2`` entries.
 
 * ``"structured"`` — per-layer factorization (SPEC §3). A layer computing ``z = m_W a W + m_b b``
   has per-example gradient ``m_W sum_s a_is d_is^T``, with ``d = dL/dz`` the cotangent of
