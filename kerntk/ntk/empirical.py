@@ -34,7 +34,7 @@ positions (1 for a Dense layer on 2-D input). Costs are for ``outputs="trace"``;
     time ``O(n^2 S^2 (F + c C))``, memory ``O(n^2 S^2)``.
   - same, *per-example-gradient form*: ``G_i = P_i^T D_i`` (``F x C``), ``K = G G^T``;
     time ``O(n S F C c + n^2 F C c)``, memory ``O(n c F C)`` (for convolutions ``G_i`` comes
-    from the conv backprop-filter op vectorized over examples; no patches are formed).
+    from the conv backprop-filter op mapped over examples; no patches are formed).
 
   The cheaper of the two forms (by a multiply-add count) is chosen per layer. Covered layers:
   ``kerntk.layers.NTKDense`` (and ``PolyDense``), ``kerntk.layers.BaseNTKConv`` (``NTKConv1D``,
@@ -279,7 +279,7 @@ def _gradient_gram(G1: tf.Tensor, G2: tf.Tensor, full: bool) -> tf.Tensor:
 
 def _conv_gradients(a: tf.Tensor, D: tf.Tensor, site: _Site) -> tf.Tensor:
     """Per-example, per-output kernel gradients ``(n, c, F*C)`` of a channels_last conv site
-    (without the multiplier): ``Conv2DBackpropFilter`` on each example, vectorized with ``pfor``;
+    (without the multiplier): ``Conv2DBackpropFilter`` on each example (``tf.map_fn``);
     the ``c`` outputs ride along as extra output channels. D: (c, n, *out_spatial, C)."""
     c, n, C = D.shape[0], D.shape[1], D.shape[-1]
     sizes, strides = list(site.kernel_size), list(site.strides)
@@ -294,7 +294,10 @@ def _conv_gradients(a: tf.Tensor, D: tf.Tensor, site: _Site) -> tf.Tensor:
             input=ai[None], filter_sizes=sizes + [cin, c * C], out_backprop=di[None],
             strides=[1] + strides + [1], padding=site.padding.upper())
 
-    G = tf.reshape(tf.vectorized_map(one, (a, Dt)), (n, -1, c, C))
+    # pfor has no vectorized Conv2DBackpropFilter (it would fall back to a loop with a warning),
+    # so map over the examples explicitly, several in flight.
+    G = tf.map_fn(one, (a, Dt), fn_output_signature=a.dtype, parallel_iterations=min(n, 64))
+    G = tf.reshape(G, (n, -1, c, C))
     return tf.reshape(tf.transpose(G, (0, 2, 1, 3)), (n, c, -1))
 
 
