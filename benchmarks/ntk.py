@@ -7,6 +7,7 @@ see the same machine load; peak RSS of each method is measured in a fresh subpro
     python benchmarks/ntk.py                          # fcn n=128, fcn n=512, cnn n=64
     python benchmarks/ntk.py --rows=fcn128 --repeats=11
     python benchmarks/ntk.py --rows=blocks10k,op50k   # the scale rows (minutes)
+    python benchmarks/ntk.py --rows=fcn128 --nt_python=.nt-venv/bin/python   # vs neural-tangents
 
 Rows:
   fcn128     5-layer ReLU fcn, width 1024, d=3072, n=128, float32 (the reference)
@@ -48,6 +49,9 @@ flags.DEFINE_float("op_tol", 1e-6, "Relative residual tolerance of the op50k eig
 flags.DEFINE_integer("op_block_size", 5000, "block_size of the operator in the op50k row.")
 flags.DEFINE_bool("use_spectral", True,
                   "op50k: use kerntk.spectral.top_eigenpairs when available, else scipy eigsh.")
+flags.DEFINE_string("nt_python", None,
+                    "Optional interpreter with neural-tangents 0.6.5 (jax 0.4.25): times NT's three "
+                    "empirical-NTK implementations on the fcn rows and prints kerntk/NT ratios.")
 flags.DEFINE_string("child", None, "Internal: 'row:what' measured in a subprocess.")
 
 ROWS = {
@@ -204,6 +208,48 @@ def _op_row() -> dict:
             "rss_gb": _peak_rss_gb()}
 
 
+NT_SCRIPT = r"""
+import json, statistics, sys, time
+import numpy as np, jax, jax.numpy as jnp
+import neural_tangents as nt
+from neural_tangents import stax
+a = json.loads(sys.argv[1])
+layers = []
+for _ in range(a["depth"] - 1):
+    layers += [stax.Dense(a["width"], W_std=1.0, b_std=1.0, parameterization="ntk"), stax.Relu()]
+layers.append(stax.Dense(1, W_std=1.0, b_std=1.0, parameterization="ntk"))
+init_fn, apply_fn, _ = stax.serial(*layers)
+_, params = init_fn(jax.random.PRNGKey(0), (-1, a["d"]))
+x = jnp.asarray(np.random.default_rng(0).standard_normal((a["n"], a["d"])), jnp.float32)
+out = {"nt_version": nt.__version__, "jax_version": jax.__version__}
+for name in ("JACOBIAN_CONTRACTION", "NTK_VECTOR_PRODUCTS", "STRUCTURED_DERIVATIVES"):
+    if a["n"] > 128 and name != "STRUCTURED_DERIVATIVES":
+        continue
+    fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0,
+                                     implementation=getattr(nt.NtkImplementation, name)))
+    fn(x, None, params).block_until_ready()
+    times = []
+    for _ in range(a["repeats"]):
+        t = time.perf_counter()
+        fn(x, None, params).block_until_ready()
+        times.append(time.perf_counter() - t)
+    out[name.lower() + "_ms"] = 1e3 * statistics.median(times)
+print(json.dumps(out))
+"""
+
+
+def _nt_row(row: str) -> dict:
+    """Neural-tangents' implementations on the same fcn, in the interpreter --nt_python."""
+    _, shape, n = ROWS[row]
+    args = json.dumps({"depth": 5, "width": 1024, "d": shape[0], "n": n,
+                       "repeats": FLAGS.repeats})
+    out = subprocess.run([FLAGS.nt_python, "-c", NT_SCRIPT, args], capture_output=True, text=True)
+    for line in out.stdout.splitlines()[::-1]:
+        if line.startswith("{"):
+            return json.loads(line)
+    return {"error": (out.stderr or out.stdout)[-500:]}
+
+
 def _fmt(v, spec=".1f"):
     return "-" if v is None else format(v, spec)
 
@@ -217,6 +263,8 @@ def main(argv):
     for row in FLAGS.rows:
         if row in ROWS:
             results.append(_row(row))
+            if FLAGS.nt_python and ROWS[row][0] == "fcn":
+                results[-1]["nt"] = _nt_row(row)
         elif row == "blocks10k":
             results.append(_blocks_row())
         elif row == "op50k":
@@ -228,6 +276,7 @@ def main(argv):
     table = [r for r in results if "train_ms" in r]
     if table:
         _print_table(table)
+    _print_nt(results)
     _print_scale_rows(results)
 
 
@@ -246,6 +295,23 @@ def _print_table(results):
               f"{r['auto_ms'] / r['train_ms']:.2f}x | {_fmt(jac)} | "
               f"{_fmt(None if jac is None else jac / r['auto_ms'], '.0f')}"
               f"{'' if jac is None else 'x'} | {rss} | {_fmt(r.get('max_rel_diff'), '.1e')} |")
+
+
+def _print_nt(results):
+    rows = [r for r in results if "nt" in r]
+    if not rows:
+        return
+    print("\nneural-tangents (same net, jit, float32, n x n trace kernel) in the same run:\n")
+    print("| row | NT implementation | NT ms | kerntk auto ms | kerntk / NT |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r["nt"]:
+            print(f"| {r['row']} | error: {r['nt']['error']!r} | | | |")
+            continue
+        for key, value in r["nt"].items():
+            if key.endswith("_ms"):
+                print(f"| {r['row']} | {key[:-3]} | {value:.1f} | {r['auto_ms']:.1f} | "
+                      f"{r['auto_ms'] / value:.2f}x |")
 
 
 def _print_scale_rows(results):
