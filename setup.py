@@ -13,6 +13,7 @@ setup(
         "tensorflow>=2.16",
         "numpy",
         "scipy",
+        "threadpoolctl",
         "absl-py",
         "tensorflow-datasets",
         "importlib_resources",
