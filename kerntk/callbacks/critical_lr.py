@@ -201,10 +201,15 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         return int(keras.ops.convert_to_numpy(self._optimizer.iterations))
 
     def _monitored_loss(self, x, y) -> float:
-        with full_precision(self.model):  # mixed precision: the loss in float32 or better
-            pred = self.model(x, training=False)
-        value = self._loss(tf.cast(y, tf.float64), tf.cast(pred, tf.float64))
-        return float(np.mean(keras.ops.convert_to_numpy(value)))
+        if self._loss_graph is None:  # compiled once per run: two of these calls every step
+            def loss(x, y):
+                with full_precision(self.model):  # mixed precision: the loss in float32+
+                    pred = self.model(x, training=False)
+                value = self._loss(tf.cast(y, tf.float64), tf.cast(pred, tf.float64))
+                return tf.reduce_mean(tf.cast(value, tf.float64))
+
+            self._loss_graph = tf.function(loss, reduce_retracing=True)
+        return float(self._loss_graph(x, y))
 
     def _eta_crit(self, x, y) -> float:
         if self.estimate == "ntk":
@@ -221,6 +226,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             raise ValueError("CatapultRaise must set the learning rate, which is a "
                              "LearningRateSchedule here; compile with a float learning rate.")
         self._loss = _loss_fn(self.loss if self.loss is not None else self.model.loss)
+        self._loss_graph = None
         self._beta_factor = self._momentum_factor()
         self.history, self.raises, self.restores = {}, [], []
         self.counts = dict(catapult_events=0, catapults=0, catapults_margin=0, loss_spikes=0,
