@@ -7,8 +7,8 @@ from typing import Optional, Sequence, Union
 import keras
 from keras import ops
 
-from kerntk.layers.parameterization import (LinearParameterization, check_parameterization,
-                                            check_positive, check_units)
+from kerntk.layers.ntk_base import NTKLinearBase
+from kerntk.layers.parameterization import check_units
 
 IntOrTuple = Union[int, Sequence[int]]
 
@@ -22,7 +22,7 @@ def _tuple(name: str, value: IntOrTuple, rank: int) -> tuple:
     return values
 
 
-class BaseNTKConv(keras.layers.Layer):
+class BaseNTKConv(NTKLinearBase):
     """Shared machinery of the NTK-parameterized convolutions (channels_last only).
 
     Computes ``activation(W_std * conv(a, W) / sqrt(fan_in) + b_std * b)`` with
@@ -35,7 +35,7 @@ class BaseNTKConv(keras.layers.Layer):
                  padding: str = "valid", activation=None, use_bias: bool = True,
                  W_std: float = 1.0, b_std: float = 1.0, parameterization: str = "ntk",
                  seed: Optional[int] = None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(activation, use_bias, W_std, b_std, parameterization, seed, **kwargs)
         self.rank = rank
         self.filters = check_units("filters", filters)
         self.kernel_size = _tuple("kernel_size", kernel_size, rank)
@@ -44,12 +44,6 @@ class BaseNTKConv(keras.layers.Layer):
         if padding not in ("valid", "same"):
             raise ValueError(f"`padding` must be 'valid' or 'same'; got {padding!r}.")
         self.padding = padding
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.W_std = check_positive("W_std", W_std)
-        self.b_std = check_positive("b_std", b_std, allow_zero=True)
-        self.parameterization = check_parameterization(parameterization)
-        self.seed = seed
         self.input_spec = keras.layers.InputSpec(ndim=rank + 2)
 
     def _linear_units(self) -> int:
@@ -62,38 +56,12 @@ class BaseNTKConv(keras.layers.Layer):
         fan_in = int(in_channels)
         for k in self.kernel_size:
             fan_in *= k
-        self._param = LinearParameterization(self.parameterization, self.W_std, self.b_std,
-                                             fan_in, self.seed)
-        self.kernel = self.add_weight(
-            name="kernel", shape=self.kernel_size + (in_channels, self._linear_units()),
-            initializer=self._param.kernel_initializer())
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(name="bias", shape=(self._linear_units(),),
-                                        initializer=self._param.bias_initializer())
+        self._build_linear(fan_in, self.kernel_size + (in_channels, self._linear_units()))
         self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2, axes={-1: in_channels})
 
-    @property
-    def kernel_multiplier(self) -> float:
-        return self._param.kernel_multiplier
-
-    @property
-    def bias_multiplier(self) -> float:
-        return self._param.bias_multiplier
-
-    def preactivation(self, inputs):
-        """The linear part ``z`` (before the activation)."""
-        z = ops.conv(inputs, self.kernel, strides=self.strides, padding=self.padding,
-                     data_format="channels_last") * self.kernel_multiplier
-        if self.bias is not None:
-            z = z + self.bias * self.bias_multiplier
-        return z
-
-    def postactivation(self, z):
-        return self.activation(z)
-
-    def call(self, inputs):
-        return self.postactivation(self.preactivation(inputs))
+    def _linear(self, inputs):
+        return ops.conv(inputs, self.kernel, strides=self.strides, padding=self.padding,
+                        data_format="channels_last")
 
     def _spatial_output_shape(self, input_shape):
         spatial = []
@@ -112,10 +80,7 @@ class BaseNTKConv(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
-                      padding=self.padding,
-                      activation=keras.activations.serialize(self.activation),
-                      use_bias=self.use_bias, W_std=self.W_std, b_std=self.b_std,
-                      parameterization=self.parameterization, seed=self.seed)
+                      padding=self.padding)
         return config
 
 

@@ -7,12 +7,12 @@ from typing import Optional
 import keras
 from keras import ops
 
-from kerntk.layers.parameterization import (LinearParameterization, check_parameterization,
-                                            check_positive, check_units)
+from kerntk.layers.ntk_base import NTKLinearBase
+from kerntk.layers.parameterization import check_units
 
 
 @keras.saving.register_keras_serializable(package="kerntk")
-class NTKDense(keras.layers.Layer):
+class NTKDense(NTKLinearBase):
     """Densely connected layer in NTK parameterization.
 
     Computes ``activation(W_std * a @ W / sqrt(fan_in) + b_std * b)`` with ``W, b ~ N(0, 1)``
@@ -43,61 +43,27 @@ class NTKDense(keras.layers.Layer):
     def __init__(self, units: int, activation=None, use_bias: bool = True, W_std: float = 1.0,
                  b_std: float = 1.0, parameterization: str = "ntk", seed: Optional[int] = None,
                  **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(activation, use_bias, W_std, b_std, parameterization, seed, **kwargs)
         self.units = check_units("units", units)
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.W_std = check_positive("W_std", W_std)
-        self.b_std = check_positive("b_std", b_std, allow_zero=True)
-        self.parameterization = check_parameterization(parameterization)
-        self.seed = seed
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
         fan_in = input_shape[-1]
         if fan_in is None:
             raise ValueError("NTKDense needs a known last input dimension.")
-        self._param = LinearParameterization(self.parameterization, self.W_std, self.b_std,
-                                             int(fan_in), self.seed)
-        self.kernel = self.add_weight(name="kernel", shape=(fan_in, self._linear_units()),
-                                      initializer=self._param.kernel_initializer())
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(name="bias", shape=(self._linear_units(),),
-                                        initializer=self._param.bias_initializer())
+        self._build_linear(fan_in, (fan_in, self._linear_units()))
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: fan_in})
 
     def _linear_units(self) -> int:
-        # Width of the linear map; subclasses with several branches widen it.
         return self.units
 
-    @property
-    def kernel_multiplier(self) -> float:
-        return self._param.kernel_multiplier
-
-    @property
-    def bias_multiplier(self) -> float:
-        return self._param.bias_multiplier
-
-    def preactivation(self, inputs):
-        """The linear part ``z`` (before the activation)."""
-        z = ops.matmul(inputs, self.kernel) * self.kernel_multiplier
-        if self.bias is not None:
-            z = z + self.bias * self.bias_multiplier
-        return z
-
-    def postactivation(self, z):
-        return self.activation(z)
-
-    def call(self, inputs):
-        return self.postactivation(self.preactivation(inputs))
+    def _linear(self, inputs):
+        return ops.matmul(inputs, self.kernel)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
 
     def get_config(self):
         config = super().get_config()
-        config.update(units=self.units, activation=keras.activations.serialize(self.activation),
-                      use_bias=self.use_bias, W_std=self.W_std, b_std=self.b_std,
-                      parameterization=self.parameterization, seed=self.seed)
+        config.update(units=self.units)
         return config
