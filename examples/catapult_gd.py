@@ -82,7 +82,10 @@ def main(argv):
     top_s = min(FLAGS.top_s, n)
     tracker = NTKSpectrumTracker(x, y, k=min(5, n), top_s=top_s, every_n_steps=1,
                                  every_n_epochs=None)
-    monitor = CriticalLRMonitor()
+    # A diverging run (lr beyond the catapult range of a narrow net) is stopped at the first
+    # step whose loss exceeds 1e3 x the initial one, and its weights restored, before the
+    # tracker measures a non-finite kernel.
+    monitor = CriticalLRMonitor(guard_factor=1e3, patience=1)
     model.fit(x, y, batch_size=n, epochs=steps, shuffle=False, verbose=0,
               callbacks=[monitor, tracker])  # the guard acts before a measurement
 
@@ -114,6 +117,7 @@ def main(argv):
         "catapult_events": int(monitor.counts["catapult_events"]),
         "catapults": int(monitor.counts["catapults"]),
         "loss_spikes": int(monitor.counts["loss_spikes"]),
+        "diverged": bool(monitor.restores), "steps_run": int(model.optimizer.iterations.numpy()),
     }
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     name = f"catapult_gd_{FLAGS.arch}"
@@ -131,6 +135,9 @@ def main(argv):
           f"{m['eta_crit'][-1]:.3g}")
     print(f"  catapult events {summary['catapult_events']}, distinct catapults "
           f"{summary['catapults']}, loss spikes {summary['loss_spikes']}")
+    if monitor.restores:
+        print(f"  DIVERGED at step {monitor.restores[0]['step']}: weights restored, training "
+              "stopped (lower --lr_factor or widen the net)")
     print(f"  figure and numbers in {FLAGS.out_dir}/{name}.{{png,json}}")
 
 
