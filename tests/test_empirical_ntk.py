@@ -4,6 +4,8 @@ Every kernel is checked against an independent brute force: per-example gradient
 ``tf.GradientTape`` loop (one example, one output unit at a time), ``K = J J^T`` in float64.
 """
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -13,6 +15,10 @@ from keras import ops
 import kerntk
 from kerntk.layers import NTKConv1D, NTKConv2D, NTKDense
 from kerntk.ntk import empirical_ntk
+
+# Most tests skip XLA compilation (seconds per model) to stay fast; test_xla_default covers the
+# default jit_compile=None path.
+ntk = functools.partial(empirical_ntk, jit_compile=False)
 
 
 def brute_jacobian(model, x, training=False):
@@ -98,13 +104,13 @@ def test_structured_matches_jacobian_and_brute_force_float64(name, rng):
     x = rng.standard_normal((6,) + shape)
     trace, full = brute_kernels(brute_jacobian(model, x))
     method = STRUCTURED[name]
-    K_full = empirical_ntk(model, x, method=method, outputs="full")
+    K_full = ntk(model, x, method=method, outputs="full")
     assert K_full.dtype == np.float64 and K_full.shape == full.shape
     assert rel(K_full, full) < 1e-10
-    assert rel(empirical_ntk(model, x, method=method), trace) < 1e-10
-    assert rel(empirical_ntk(model, x, method="jacobian", outputs="full"), full) < 1e-10
+    assert rel(ntk(model, x, method=method), trace) < 1e-10
+    assert rel(ntk(model, x, method="jacobian", outputs="full"), full) < 1e-10
     c = full.shape[0] // x.shape[0]
-    last = empirical_ntk(model, x, method=method, outputs=-1)
+    last = ntk(model, x, method=method, outputs=-1)
     assert rel(last, full[c - 1::c, c - 1::c]) < 1e-10
 
 
@@ -113,8 +119,8 @@ def test_structured_matches_jacobian_float32(name, rng):
     build, shape = MODELS[name]
     model = build()
     x = rng.standard_normal((5,) + shape).astype("float32")
-    K_jac = empirical_ntk(model, x, method="jacobian")
-    assert rel(empirical_ntk(model, x, method=STRUCTURED[name]), K_jac) < 1e-5
+    K_jac = ntk(model, x, method="jacobian")
+    assert rel(ntk(model, x, method=STRUCTURED[name]), K_jac) < 1e-5
     assert rel(K_jac, brute_kernels(brute_jacobian(model, x))[0]) < 1e-5
 
 
@@ -128,7 +134,7 @@ def test_conv_patch_and_gradient_forms_agree(rng, monkeypatch):
     for form in ("patch", "grad"):
         monkeypatch.setattr(empirical, "_choose_form",
                             lambda n1, n2, S, F, C, c, full, form=form: "patch" if S == 1 else form)
-        kernels[form] = empirical_ntk(model, x, method="structured", outputs="full")
+        kernels[form] = ntk(model, x, method="structured", outputs="full")
         # Fresh compiled functions for the next form.
         model.__dict__.pop("_kerntk_ntk_cache", None)
     assert rel(kernels["patch"], kernels["grad"]) < 1e-10
@@ -140,15 +146,15 @@ def test_block_size_gives_the_same_kernel(method, rng):
     model = MODELS["cnn_strided"][0]()
     x = rng.standard_normal((6, 7, 6, 2))
     for outputs in ("trace", "full"):
-        K = empirical_ntk(model, x, method=method, outputs=outputs)
-        K_blocks = empirical_ntk(model, x, method=method, outputs=outputs, block_size=3)
+        K = ntk(model, x, method=method, outputs=outputs)
+        K_blocks = ntk(model, x, method=method, outputs=outputs, block_size=3)
         assert rel(K_blocks, K) < 1e-12
         np.testing.assert_array_equal(K_blocks, K_blocks.T)
 
 
 def test_kernel_is_symmetric_psd(rng):
     model = kerntk.models.fcn(3, 16, 2, input_shape=(5,))
-    K = empirical_ntk(model, rng.standard_normal((8, 5)), outputs="full")
+    K = ntk(model, rng.standard_normal((8, 5)), outputs="full")
     np.testing.assert_allclose(K, K.T, rtol=1e-5, atol=1e-6 * np.abs(K).max())
     assert np.linalg.eigvalsh((K + K.T) / 2).min() > -1e-5 * np.abs(K).max()
 
@@ -162,34 +168,34 @@ def test_non_finite_and_empty_inputs_raise(rng):
         x = rng.standard_normal((4, 3))
         x[1, 2] = bad
         with pytest.raises(ValueError, match="NaN or inf"):
-            empirical_ntk(model, x)
+            ntk(model, x)
     with pytest.raises(ValueError, match="empty"):
-        empirical_ntk(model, np.zeros((0, 3)))
+        ntk(model, np.zeros((0, 3)))
 
 
 def test_wrong_shapes_and_arguments_raise(rng):
     model = kerntk.models.fcn(2, 8, 2, input_shape=(3,))
     x = rng.standard_normal((4, 3))
     with pytest.raises(ValueError, match="expects"):
-        empirical_ntk(model, rng.standard_normal((4, 5)))
+        ntk(model, rng.standard_normal((4, 5)))
     with pytest.raises(ValueError, match="batch axis"):
-        empirical_ntk(model, np.ones(3))
+        ntk(model, np.ones(3))
     with pytest.raises(ValueError, match="method"):
-        empirical_ntk(model, x, method="magic")
+        ntk(model, x, method="magic")
     with pytest.raises(ValueError, match="outputs"):
-        empirical_ntk(model, x, outputs="diag")
+        ntk(model, x, outputs="diag")
     with pytest.raises(ValueError, match="out of range"):
-        empirical_ntk(model, x, outputs=2)
+        ntk(model, x, outputs=2)
     with pytest.raises(ValueError, match="block_size"):
-        empirical_ntk(model, x, block_size=0)
+        ntk(model, x, block_size=0)
     with pytest.raises(ValueError, match="dtype"):
-        empirical_ntk(model, x, dtype="float16")
+        ntk(model, x, dtype="float16")
 
 
 def test_structured_refuses_unfactorizable_layers_and_restores_calls(rng):
     model = mixed_multi_output()
     with pytest.raises(ValueError, match="layer_normalization.*auto"):
-        empirical_ntk(model, rng.standard_normal((3, 5)), method="structured")
+        ntk(model, rng.standard_normal((3, 5)), method="structured")
     for layer in model._flatten_layers(include_self=True, recursive=True):
         assert "call" not in layer.__dict__
 
@@ -203,13 +209,13 @@ def test_batchnorm_in_training_mode_is_refused_by_structured(rng):
     model = batchnorm_model()
     x = rng.standard_normal((6, 4)).astype("float32")
     with pytest.raises(ValueError, match="independent examples"):
-        empirical_ntk(model, x, method="structured", training=True)
+        ntk(model, x, method="structured", training=True)
     with pytest.raises(ValueError, match="independent examples"):
-        empirical_ntk(model, x, method="jacobian", training=True, block_size=3)
+        ntk(model, x, method="jacobian", training=True, block_size=3)
     stats = [v.numpy().copy() for v in model.non_trainable_variables]
     with pytest.warns(UserWarning, match="jacobian"):
-        K_auto = empirical_ntk(model, x, training=True)
-    np.testing.assert_allclose(K_auto, empirical_ntk(model, x, method="jacobian", training=True),
+        K_auto = ntk(model, x, training=True)
+    np.testing.assert_allclose(K_auto, ntk(model, x, method="jacobian", training=True),
                                rtol=1e-6)
     for before, v in zip(stats, model.non_trainable_variables):  # no moving-stat update
         np.testing.assert_array_equal(before, v.numpy())
@@ -221,7 +227,7 @@ def test_batchnorm_in_training_mode_is_refused_by_structured(rng):
                   for u in units], dtype=np.float64)
     assert rel(K_auto, J @ J.T) < 1e-5
     # Inference mode: samples are independent again and structured is exact.
-    K = empirical_ntk(model, x, method="auto", training=False)
+    K = ntk(model, x, method="auto", training=False)
     assert rel(K, brute_kernels(brute_jacobian(model, x))[0]) < 1e-5
 
 
@@ -231,10 +237,10 @@ def test_any_batch_mixing_is_detected(rng):
         keras.layers.Lambda(lambda t: t - ops.mean(t, axis=0, keepdims=True)), NTKDense(1)])
     x = rng.standard_normal((5, 4)).astype("float32")
     with pytest.raises(ValueError, match="depends on the rest of the batch"):
-        empirical_ntk(model, x, method="structured")
+        ntk(model, x, method="structured")
     with pytest.warns(UserWarning, match="jacobian"):
-        K = empirical_ntk(model, x)
-    np.testing.assert_allclose(K, empirical_ntk(model, x, method="jacobian"), rtol=1e-6)
+        K = ntk(model, x)
+    np.testing.assert_allclose(K, ntk(model, x, method="jacobian"), rtol=1e-6)
 
 
 def test_unbuilt_model_is_built(rng):
@@ -242,7 +248,7 @@ def test_unbuilt_model_is_built(rng):
     model = kerntk.models.fcn(3, 8, 1)  # no input_shape
     assert not model.built
     x = rng.standard_normal((5, 3))
-    K = empirical_ntk(model, x, method="structured")
+    K = ntk(model, x, method="structured")
     assert model.built
     assert rel(K, brute_kernels(brute_jacobian(model, x))[0]) < 1e-10
 
@@ -256,7 +262,7 @@ def test_mixed_precision_model_is_computed_in_float32(rng):
     x = rng.standard_normal((6, 6)).astype("float32")
     K_ref = brute_kernels(brute_jacobian(reference, x))[0]
     for method in ("structured", "jacobian"):
-        K = empirical_ntk(model, x, method=method)
+        K = ntk(model, x, method=method)
         assert K.dtype == np.float64
         assert rel(K, K_ref) < 1e-5  # float16 arithmetic would be off by ~1e-3
     assert model.layers[1].compute_dtype == "float16"  # policy restored
@@ -265,7 +271,19 @@ def test_mixed_precision_model_is_computed_in_float32(rng):
 def test_float64_compute_of_a_float32_model(rng):
     model = kerntk.models.fcn(3, 16, 1, input_shape=(4,))
     x = rng.standard_normal((5, 4)).astype("float32")
-    K64 = empirical_ntk(model, x, dtype="float64")
-    K32 = empirical_ntk(model, x)
+    K64 = ntk(model, x, dtype="float64")
+    K32 = ntk(model, x)
     assert rel(K64, K32) < 1e-5
     assert model.layers[1].compute_dtype == "float32"
+
+
+@pytest.mark.parametrize("name", ["fcn", "cnn_strided", "mixed_multi_output"])
+def test_xla_default_matches_brute_force(name, rng):
+    keras.config.set_dtype_policy("float64")
+    build, shape = MODELS[name]
+    model = build()
+    x = rng.standard_normal((5,) + shape)
+    _, full = brute_kernels(brute_jacobian(model, x))
+    assert rel(empirical_ntk(model, x, outputs="full"), full) < 1e-10
+    with pytest.raises(ValueError, match="jit_compile"):
+        empirical_ntk(model, x, jit_compile="yes")

@@ -335,7 +335,7 @@ def _site_kernel(site: _Site, D: tf.Tensor, n1: int, cross: bool, full: bool) ->
 
 
 def _make_kernel_fn(model: keras.Model, method: str, outputs, dtype: str, training: bool,
-                    cross: bool):
+                    cross: bool, jit: bool = False):
     """A compiled ``(x1[, x2]) -> (K, f(x)[:m], f(x[:m]))`` for one configuration."""
 
     def kernel(x1, x2=None):
@@ -401,8 +401,8 @@ def _make_kernel_fn(model: keras.Model, method: str, outputs, dtype: str, traini
         return K, out[:m], probe
 
     if cross:
-        return tf.function(lambda x1, x2: kernel(x1, x2), autograph=False)
-    return tf.function(lambda x1: kernel(x1), autograph=False)
+        return tf.function(lambda x1, x2: kernel(x1, x2), autograph=False, jit_compile=jit)
+    return tf.function(lambda x1: kernel(x1), autograph=False, jit_compile=jit)
 
 
 def _variable_groups(indices: List[int], tvars, rows: int) -> List[List[int]]:
@@ -437,15 +437,36 @@ def _per_example_jacobian(model, vals, ntvals, x, training, dtype, cols, group):
     return tf.vectorized_map(one, x)
 
 
-def _cached_kernel_fn(model, method, outputs, dtype, training, cross):
+class _Compiled:
+    """A compiled kernel function; an XLA one falls back to the plain graph if XLA cannot compile
+    it (some ops have no XLA kernel)."""
+
+    def __init__(self, make: Callable, jit: bool):
+        self.make, self.jit = make, jit
+        self.fn = make(jit)
+
+    def __call__(self, *args):
+        if not self.jit:
+            return self.fn(*args)
+        try:
+            return self.fn(*args)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
+                tf.errors.InternalError):
+            self.jit = False
+            self.fn = self.make(False)
+            return self.fn(*args)
+
+
+def _cached_kernel_fn(model, method, outputs, dtype, training, cross, jit):
     cache = model.__dict__.get("_kerntk_ntk_cache")
     if cache is None:
         cache = {}
         object.__setattr__(model, "_kerntk_ntk_cache", cache)
-    key = ("empirical", method, outputs, dtype, bool(training), cross,
+    key = ("empirical", method, outputs, dtype, bool(training), cross, jit,
            tuple(id(v) for v in model.trainable_variables))
     if key not in cache:
-        cache[key] = _make_kernel_fn(model, method, outputs, dtype, training, cross)
+        cache[key] = _Compiled(lambda j: _make_kernel_fn(model, method, outputs, dtype, training,
+                                                         cross, j), jit)
     return cache[key]
 
 
@@ -459,7 +480,8 @@ def _mixes_batch(first_rows: np.ndarray, probe: np.ndarray, dtype: str) -> bool:
 
 def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
                   outputs: Union[str, int] = "trace", block_size: Optional[int] = None,
-                  training: bool = False, dtype=None) -> np.ndarray:
+                  training: bool = False, dtype=None,
+                  jit_compile: Optional[bool] = None) -> np.ndarray:
     """Exact empirical NTK ``K_ij = <df(x_i)/dw, df(x_j)/dw>`` over ``model.trainable_variables``.
 
     See the module docstring (:mod:`kerntk.ntk.empirical`) for the conventions and the cost of
@@ -476,6 +498,9 @@ def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
         training: the ``training`` flag of the forward pass (no state is updated).
         dtype: compute dtype, ``"float32"`` or ``"float64"``; ``None`` picks float64 for float64
             models and float32 otherwise (mixed-precision models run in float32).
+        jit_compile: compile with XLA. ``None`` (default): XLA for ``"structured"``/``"auto"``
+            (about 25% faster on CPU; one compilation per input shape), falling back to the plain
+            graph if XLA cannot compile the model; not for ``"jacobian"``.
 
     Returns:
         float64 numpy array, exactly symmetric, positive semi-definite up to round-off.
@@ -495,6 +520,8 @@ def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
                                    not isinstance(block_size, (int, np.integer))
                                    or block_size <= 0):
         raise ValueError(f"`block_size` must be None or a positive int; got {block_size!r}.")
+    if jit_compile is not None and not isinstance(jit_compile, bool):
+        raise ValueError(f"`jit_compile` must be None or a bool; got {jit_compile!r}.")
     x = check_inputs(model, x)
     dt = resolve_dtype(model, dtype)
     outputs = check_outputs(outputs, count_outputs(model, x))
@@ -514,10 +541,10 @@ def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
             warnings.warn(f"Layers {coupled} couple the batch with training=True; computing the "
                           f"NTK with method='jacobian' (Jacobian of the batched function).",
                           stacklevel=2)
-        return _tiled(model, x, "batched", outputs, dt, training, bs)
+        return _tiled(model, x, "batched", outputs, dt, training, bs, jit_compile)
 
     try:
-        return _tiled(model, x, method, outputs, dt, training, bs)
+        return _tiled(model, x, method, outputs, dt, training, bs, jit_compile)
     except _BatchCoupled:
         if method == "structured":
             raise ValueError("method='structured' needs independent examples, but the model's "
@@ -531,14 +558,15 @@ def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
             warnings.warn("The model couples the examples of a batch (f(x[:2]) != f(x)[:2]); "
                           "computing the NTK with method='jacobian' (Jacobian of the batched "
                           "function).", stacklevel=2)
-        return _tiled(model, x, "batched", outputs, dt, training, bs)
+        return _tiled(model, x, "batched", outputs, dt, training, bs, jit_compile)
 
 
 class _BatchCoupled(Exception):
     pass
 
 
-def _tiled(model, x, method, outputs, dt, training, bs) -> np.ndarray:
+def _tiled(model, x, method, outputs, dt, training, bs, jit_compile) -> np.ndarray:
+    jit = method in ("structured", "auto") if jit_compile is None else jit_compile
     n = x.shape[0]
     reps = 1
     if outputs == "full":
@@ -550,13 +578,13 @@ def _tiled(model, x, method, outputs, dt, training, bs) -> np.ndarray:
     for a, s in enumerate(starts):
         xs = x[s:s + bs]
         rs = slice(s * reps, min(s + bs, n) * reps)
-        blk, first, probe = _cached_kernel_fn(model, method, outputs, dt, training, False)(xs)
+        blk, first, probe = _cached_kernel_fn(model, method, outputs, dt, training, False, jit)(xs)
         if check and a == 0 and _mixes_batch(first.numpy(), probe.numpy(), dt):
             raise _BatchCoupled()
         K[rs, rs] = blk.numpy()
         for t in starts[a + 1:]:
             rt = slice(t * reps, min(t + bs, n) * reps)
-            blk, _, _ = _cached_kernel_fn(model, method, outputs, dt, training, True)(
+            blk, _, _ = _cached_kernel_fn(model, method, outputs, dt, training, True, jit)(
                 xs, x[t:t + bs])
             blk = blk.numpy()
             K[rs, rt] = blk
