@@ -100,16 +100,17 @@ def main(argv):
     start = time.time()
     results = {"config": dict(n_train=n_train, n_test=n_test, width=width, epochs=epochs,
                               depth=FLAGS.depth, degree=FLAGS.degree, form=FLAGS.form,
-                              nn_use_bias=FLAGS.use_bias, parameterization=FLAGS.parameterization, train_scale=FLAGS.train_scale,
+                              nn_use_bias=FLAGS.use_bias, parameterization=FLAGS.parameterization,
+                              train_scale=FLAGS.train_scale,
                               batch_size=FLAGS.batch_size, lr=FLAGS.lr, seed=FLAGS.seed),
                "r_max": r_max}
     examples = {}
     for name in FLAGS.datasets:
         results[name], examples[name] = run_dataset(name, n_train, n_test, width, epochs, r_max)
         nn, hp = (np.array(results[name][k]["test_accuracy"]) for k in ("NN", "NN-Hp"))
-        results[name]["mean_accuracy_gain_of_hp_for_r_max_above_train"] = float(
-            np.mean((hp - nn)[np.array(r_max) > FLAGS.train_scale + 1e-9])) if len(r_max) > 1 \
-            else 0.0
+        beyond = np.array(r_max) > FLAGS.train_scale + 1e-9
+        results[name]["mean_accuracy_gain_of_hp_for_r_max_above_train"] = (
+            float(np.mean((hp - nn)[beyond])) if beyond.any() else None)
     results["seconds"] = time.time() - start
 
     os.makedirs(FLAGS.out_dir, exist_ok=True)
