@@ -181,6 +181,7 @@ def _plot(table, path):
         ax[0].errorbar(b, [e[key + "_mean"] for e in table], [e[key + "_std"] for e in table],
                        marker="o", capsize=3, label=label)
     ax[0].set(xscale="log", yscale="symlog", xlabel="batch size", title="number of catapults")
+    ax[0].set_ylim(bottom=0)
     ax[0].legend(fontsize="small")
     ax[1].errorbar(b, [e["agop_alignment_mean"] for e in table],
                    [e["agop_alignment_std"] for e in table], marker="o", capsize=3)
