@@ -43,6 +43,8 @@ flags.DEFINE_integer("n", 128, "Training points (CIFAR-10 classes 7 and 9).")
 flags.DEFINE_integer("depth", 5, "Layers (hidden layers + linear head).")
 flags.DEFINE_integer("width", 1024, "Hidden width of the fcn.")
 flags.DEFINE_integer("channels", 512, "Channels per conv layer of the CNN.")
+flags.DEFINE_integer("image_stride", 1, "CNN: keep every k-th pixel (2: 16x16 images), to make "
+                     "the CNN affordable on a CPU; 1 is the thesis's 32x32.")
 flags.DEFINE_integer("batch_size", 32, "SGD batch size (thesis: 32).")
 flags.DEFINE_float("lr_factor", 1.67, "Constant learning rate as a multiple of eta_crit of the "
                    "whole training set at initialization (thesis: 6 / 3.6).")
@@ -65,8 +67,9 @@ def run(seed, n, width, channels, batch_size, max_epochs, track):
     x, y = kerntk.datasets.load("cifar10", "train", classes=(7, 9), n=n, seed=seed,
                                 flatten=FLAGS.arch == "fcn", normalize="standardize",
                                 labels="pm1", data_dir=FLAGS.data_dir)
-    if FLAGS.smoke and FLAGS.arch == "cnn":
-        x = x[:, ::4, ::4]
+    stride = 4 if FLAGS.smoke else FLAGS.image_stride
+    if FLAGS.arch == "cnn" and stride > 1:
+        x = x[:, ::stride, ::stride]
     x, y = x.astype("float32"), y.reshape(-1, 1).astype("float32")
     kw = dict(use_bias=FLAGS.use_bias, b_std=FLAGS.b_std, seed=seed, input_shape=x.shape[1:])
     model = (kerntk.models.fcn(FLAGS.depth, width, **kw) if FLAGS.arch == "fcn"
