@@ -499,8 +499,9 @@ def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
         dtype: compute dtype, ``"float32"`` or ``"float64"``; ``None`` picks float64 for float64
             models and float32 otherwise (mixed-precision models run in float32).
         jit_compile: compile with XLA. ``None`` (default): XLA for ``"structured"``/``"auto"``
-            (about 25% faster on CPU; one compilation per input shape), falling back to the plain
-            graph if XLA cannot compile the model; not for ``"jacobian"``.
+            on models without convolutions (about 25% faster on CPU for the fcn; one compilation
+            per input shape), falling back to the plain graph if XLA cannot compile the model;
+            not for ``"jacobian"`` nor convolutional models (XLA was ~40x slower there).
 
     Returns:
         float64 numpy array, exactly symmetric, positive semi-definite up to round-off.
@@ -565,8 +566,21 @@ class _BatchCoupled(Exception):
     pass
 
 
+_CONVS = (BaseNTKConv, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+          keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
+
+
+def _has_convolutions(model) -> bool:
+    # XLA on CPU runs the per-example conv gradients (a loop of Conv2DBackpropFilter) ~40x slower
+    # than the plain graph (measured on the benchmark cnn), so convolutional models skip it.
+    return any(isinstance(layer, _CONVS)
+               for layer in model._flatten_layers(include_self=False, recursive=True))
+
+
 def _tiled(model, x, method, outputs, dt, training, bs, jit_compile) -> np.ndarray:
-    jit = method in ("structured", "auto") if jit_compile is None else jit_compile
+    jit = jit_compile
+    if jit is None:
+        jit = method in ("structured", "auto") and not _has_convolutions(model)
     n = x.shape[0]
     reps = 1
     if outputs == "full":
