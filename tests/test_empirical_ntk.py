@@ -287,3 +287,14 @@ def test_xla_default_matches_brute_force(name, rng):
     assert rel(empirical_ntk(model, x, outputs="full"), full) < 1e-10
     with pytest.raises(ValueError, match="jit_compile"):
         empirical_ntk(model, x, jit_compile="yes")
+
+
+@pytest.mark.parametrize("block_size", [None, 3])
+def test_return_outputs_are_the_model_outputs(block_size):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((7, 5)).astype("float32")
+    model = kerntk.models.fcn(3, 16, out_dim=2, input_shape=(5,), seed=3)
+    K, f = empirical_ntk(model, x, outputs="full", block_size=block_size, return_outputs=True)
+    np.testing.assert_allclose(f, model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(K, empirical_ntk(model, x, outputs="full",
+                                                   block_size=block_size))

@@ -50,12 +50,6 @@ def full_precision(model: keras.Model):
     return compute_dtype(model, resolve_dtype(model, None))
 
 
-def predict_full_precision(model: keras.Model, x) -> np.ndarray:
-    """``model(x)`` in full precision (see :func:`full_precision`), as a float64 array."""
-    with full_precision(model):
-        return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), np.float64)
-
-
 class MeasuringCallback(keras.callbacks.Callback):
     """Base class: schedule, ``logs`` and ``history`` handling. Subclasses implement
     :meth:`measure` returning a dict of float scalars."""

@@ -211,12 +211,22 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             self._loss_graph = tf.function(loss, reduce_retracing=True)
         return float(self._loss_graph(x, y))
 
-    def _eta_crit(self, x, y) -> float:
+    def _eta_crit_and_loss(self, x, y):
+        """``(eta_crit(x), loss(x))`` at the model's current weights."""
         if self.estimate == "ntk":
-            K = ntk.empirical_ntk(self.model, x, method=self.method, outputs="full")
-            return self._beta_factor * spectral.critical_lr(kernel=K, loss=self._loss)
+            # The NTK's own forward pass gives the outputs: no second forward for the loss.
+            K, f = ntk.empirical_ntk(self.model, x, method=self.method, outputs="full",
+                                     return_outputs=True)
+            y64 = np.asarray(y, np.float64).reshape(f.shape)
+            loss = float(np.mean(keras.ops.convert_to_numpy(self._loss(y64, f))))
+            if not math.isfinite(loss):
+                return math.nan, loss
+            return self._beta_factor * spectral.critical_lr(kernel=K, loss=self._loss), loss
+        loss = self._monitored_loss(x, y)
+        if not math.isfinite(loss):
+            return math.nan, loss
         eta = spectral.critical_lr(self.model, x, y, loss=self._loss, method=self.estimate)
-        return self._beta_factor * eta
+        return self._beta_factor * eta, loss
 
     # ------------------------------------------------------------------ Keras hooks
     def on_train_begin(self, logs=None):
@@ -276,8 +286,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         end_weights = [tf.identity(v.value) for v in self._weights()]
         self._assign(self._weights(), self._start["weights"])
         try:
-            loss_before = self._monitored_loss(x, y)
-            eta_crit = self._eta_crit(x, y) if math.isfinite(loss_before) else math.nan
+            eta_crit, loss_before = self._eta_crit_and_loss(x, y)
         finally:
             self._assign(self._weights(), end_weights)
         self._update(self._start["lr"], eta_crit, loss_before, loss_after, logs)

@@ -7,7 +7,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from kerntk import ntk, spectral
-from kerntk.callbacks.base import MeasuringCallback, check_probe, predict_full_precision
+from kerntk.callbacks.base import MeasuringCallback, check_probe
 
 
 class NTKSpectrumTracker(MeasuringCallback):
@@ -63,7 +63,9 @@ class NTKSpectrumTracker(MeasuringCallback):
         self._K0 = None
 
     def measure(self) -> Dict[str, float]:
-        K = ntk.empirical_ntk(self.model, self.probe_x, method=self.method)
+        # The outputs come from the NTK's own forward pass (full precision, no extra pass).
+        K, pred = ntk.empirical_ntk(self.model, self.probe_x, method=self.method,
+                                    return_outputs=True)
         eig = spectral.top_eigenpairs(K, max(self.k, self.top_s))
         evals = eig.eigenvalues
         if self._K0 is None:
@@ -73,7 +75,6 @@ class NTKSpectrumTracker(MeasuringCallback):
         values["ntk_trace"] = float(np.trace(K))
         values["ntk_drift"] = float(np.linalg.norm(K - self._K0) / np.linalg.norm(self._K0))
         if self.probe_y is not None:
-            pred = predict_full_precision(self.model, self.probe_x)
             residual = pred.reshape(self.probe_y.shape) - self.probe_y
             n, c = residual.shape
             top = eig.eigenvectors[:, :self.top_s]

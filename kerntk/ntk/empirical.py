@@ -336,7 +336,7 @@ def _site_kernel(site: _Site, D: tf.Tensor, n1: int, cross: bool, full: bool) ->
 
 def _make_kernel_fn(model: keras.Model, method: str, outputs, dtype: str, training: bool,
                     cross: bool, jit: bool = False):
-    """A compiled ``(x1[, x2]) -> (K, f(x)[:m], f(x[:m]))`` for one configuration."""
+    """A compiled ``(x1[, x2]) -> (K, f(x), f(x[:m]))`` for one configuration."""
 
     def kernel(x1, x2=None):
         n1 = x1.shape[0]
@@ -398,7 +398,7 @@ def _make_kernel_fn(model: keras.Model, method: str, outputs, dtype: str, traini
                     J1, J2 = (J[:n1], J[n1:]) if cross else (J, J)
                     K += tf.cast(tf.matmul(rows(J1), rows(J2), transpose_b=True), tf.float64)
         del tape
-        return K, out[:m], probe
+        return K, out, probe
 
     if cross:
         return tf.function(lambda x1, x2: kernel(x1, x2), autograph=False, jit_compile=jit)
@@ -481,7 +481,7 @@ def _mixes_batch(first_rows: np.ndarray, probe: np.ndarray, dtype: str) -> bool:
 def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
                   outputs: Union[str, int] = "trace", block_size: Optional[int] = None,
                   training: bool = False, dtype=None,
-                  jit_compile: Optional[bool] = None) -> np.ndarray:
+                  jit_compile: Optional[bool] = None, return_outputs: bool = False):
     """Exact empirical NTK ``K_ij = <df(x_i)/dw, df(x_j)/dw>`` over ``model.trainable_variables``.
 
     See the module docstring (:mod:`kerntk.ntk.empirical`) for the conventions and the cost of
@@ -502,9 +502,12 @@ def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
             on models without convolutions (about 25% faster on CPU for the fcn; one compilation
             per input shape), falling back to the plain graph if XLA cannot compile the model;
             not for ``"jacobian"`` nor convolutional models (XLA was ~40x slower there).
+        return_outputs: also return the model's outputs ``f(x)`` (``(n, c)`` float64) from the
+            same forward pass (free; saves a caller's separate forward pass).
 
     Returns:
-        float64 numpy array, exactly symmetric, positive semi-definite up to round-off.
+        float64 numpy array, exactly symmetric, positive semi-definite up to round-off; with
+        ``return_outputs=True`` the pair ``(K, f(x))``.
 
     Raises:
         ValueError: bad ``x`` (NaN/inf, empty, wrong shape), bad arguments, ``"structured"`` on a
@@ -523,6 +526,11 @@ def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
         raise ValueError(f"`block_size` must be None or a positive int; got {block_size!r}.")
     if jit_compile is not None and not isinstance(jit_compile, bool):
         raise ValueError(f"`jit_compile` must be None or a bool; got {jit_compile!r}.")
+    K, f = _empirical_ntk(model, x, method, outputs, block_size, training, dtype, jit_compile)
+    return (K, f) if return_outputs else K
+
+
+def _empirical_ntk(model, x, method, outputs, block_size, training, dtype, jit_compile):
     x = check_inputs(model, x)
     dt = resolve_dtype(model, dtype)
     outputs = check_outputs(outputs, count_outputs(model, x))
@@ -577,7 +585,8 @@ def _has_convolutions(model) -> bool:
                for layer in model._flatten_layers(include_self=False, recursive=True))
 
 
-def _tiled(model, x, method, outputs, dt, training, bs, jit_compile) -> np.ndarray:
+def _tiled(model, x, method, outputs, dt, training, bs, jit_compile):
+    """``(K, f(x))``: the kernel tile by tile, and the outputs from the diagonal tiles."""
     jit = jit_compile
     if jit is None:
         jit = method in ("structured", "auto") and not _has_convolutions(model)
@@ -587,14 +596,17 @@ def _tiled(model, x, method, outputs, dt, training, bs, jit_compile) -> np.ndarr
         reps = count_outputs(model, x)
     K = np.empty((n * reps, n * reps), dtype=np.float64)
     starts = list(range(0, n, bs))
+    outs = []
     x = tf.constant(x, dtype=dt)
     check = method != "batched"
     for a, s in enumerate(starts):
         xs = x[s:s + bs]
         rs = slice(s * reps, min(s + bs, n) * reps)
-        blk, first, probe = _cached_kernel_fn(model, method, outputs, dt, training, False, jit)(xs)
-        if check and a == 0 and _mixes_batch(first.numpy(), probe.numpy(), dt):
+        blk, out, probe = _cached_kernel_fn(model, method, outputs, dt, training, False, jit)(xs)
+        out = out.numpy()
+        if check and a == 0 and _mixes_batch(out[:probe.shape[0]], probe.numpy(), dt):
             raise _BatchCoupled()
+        outs.append(out)
         K[rs, rs] = blk.numpy()
         for t in starts[a + 1:]:
             rt = slice(t * reps, min(t + bs, n) * reps)
@@ -606,4 +618,4 @@ def _tiled(model, x, method, outputs, dt, training, bs, jit_compile) -> np.ndarr
     # Exactly symmetric (the diagonal tiles are only symmetric up to round-off).
     K += K.T
     K *= 0.5
-    return K
+    return K, np.concatenate(outs).astype(np.float64)
