@@ -51,6 +51,7 @@ flags.DEFINE_integer("seed", 0, "Seed of the data subset and the initialization.
 flags.DEFINE_string("data_dir", None, "Directory with <name>/<split>*.npz files.")
 flags.DEFINE_string("out_dir", "out", "Where the PNG and JSON go.")
 flags.DEFINE_bool("smoke", False, "Tiny, fast run for tests (16 points, width/channels 8-32).")
+flags.DEFINE_string("name", None, "Stem of the output files (default: catapult_gd_<arch>).")
 FLAGS = flags.FLAGS
 
 
@@ -120,7 +121,7 @@ def main(argv):
         "diverged": bool(monitor.restores), "steps_run": int(model.optimizer.iterations.numpy()),
     }
     os.makedirs(FLAGS.out_dir, exist_ok=True)
-    name = f"catapult_gd_{FLAGS.arch}"
+    name = FLAGS.name or f"catapult_gd_{FLAGS.arch}"
     with open(os.path.join(FLAGS.out_dir, name + ".json"), "w") as f:
         json.dump(summary, f, indent=2)
     _plot(h, m, top_s, FLAGS.arch, os.path.join(FLAGS.out_dir, name + ".png"))
