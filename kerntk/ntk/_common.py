@@ -134,7 +134,19 @@ def check_outputs(outputs: Outputs, n_outputs: int) -> Outputs:
 
 
 def count_outputs(model: keras.Model, x: np.ndarray) -> int:
-    """Number of output units ``c`` (all outputs flattened per example)."""
+    """Number of output units ``c`` (all outputs flattened per example), cached per input shape
+    on the model (symbolic tracing costs ~1 ms, and callbacks ask every step)."""
+    cache = model.__dict__.get("_kerntk_output_counts")
+    if cache is None:
+        cache = {}
+        object.__setattr__(model, "_kerntk_output_counts", cache)
+    shape = tuple(x.shape[1:])
+    if shape not in cache:
+        cache[shape] = _count_outputs(model, x)
+    return cache[shape]
+
+
+def _count_outputs(model: keras.Model, x: np.ndarray) -> int:
     try:
         out = model.compute_output_spec(
             keras.KerasTensor((1,) + tuple(x.shape[1:]), dtype="float32"))
