@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import kerntk  # noqa: E402
+from _cifar2 import build_model, load_cifar2  # noqa: E402
 from kerntk.callbacks import CriticalLRMonitor, NTKSpectrumTracker  # noqa: E402
 
 flags.DEFINE_enum("arch", "fcn", ["fcn", "cnn"], "5-layer NTK fcn or CNN (thesis Fig. 4.3a/b).")
@@ -55,26 +56,14 @@ flags.DEFINE_string("name", None, "Stem of the output files (default: catapult_g
 FLAGS = flags.FLAGS
 
 
-def build_model(arch, depth, width, channels, input_shape, use_bias, b_std, seed):
-    kw = dict(use_bias=use_bias, b_std=b_std, seed=seed, input_shape=input_shape)
-    if arch == "fcn":
-        return kerntk.models.fcn(depth, width, **kw)
-    return kerntk.models.cnn(depth, channels, **kw)
-
-
 def main(argv):
     del argv
     n, width, channels, steps = FLAGS.n, FLAGS.width, FLAGS.channels, FLAGS.steps
     if FLAGS.smoke:
         n, width, channels, steps = 16, 32, 8, 5
     keras.utils.set_random_seed(FLAGS.seed)
-    x, y = kerntk.datasets.load("cifar10", "train", classes=(7, 9), n=n, seed=FLAGS.seed,
-                                flatten=FLAGS.arch == "fcn", normalize="standardize",
-                                labels="pm1", data_dir=FLAGS.data_dir)
     stride = 4 if FLAGS.smoke else FLAGS.image_stride
-    if FLAGS.arch == "cnn" and stride > 1:
-        x = x[:, ::stride, ::stride]
-    x, y = x.astype("float32"), y.reshape(-1, 1).astype("float32")
+    x, y = load_cifar2(n, FLAGS.seed, FLAGS.arch, stride, FLAGS.data_dir)
     model = build_model(FLAGS.arch, FLAGS.depth, width, channels, x.shape[1:], FLAGS.use_bias,
                         FLAGS.b_std, FLAGS.seed)
     eta_crit0 = kerntk.spectral.critical_lr(model, x)

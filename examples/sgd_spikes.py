@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import kerntk  # noqa: E402
+from _cifar2 import build_model, load_cifar2  # noqa: E402
 from kerntk.callbacks import CriticalLRMonitor, NTKSpectrumTracker  # noqa: E402
 
 flags.DEFINE_enum("arch", "fcn", ["fcn", "cnn"], "5-layer NTK fcn or CNN (thesis Table 4.2).")
@@ -64,16 +65,10 @@ FLAGS = flags.FLAGS
 
 def run(seed, n, width, channels, batch_size, max_epochs, track):
     keras.utils.set_random_seed(seed)
-    x, y = kerntk.datasets.load("cifar10", "train", classes=(7, 9), n=n, seed=seed,
-                                flatten=FLAGS.arch == "fcn", normalize="standardize",
-                                labels="pm1", data_dir=FLAGS.data_dir)
     stride = 4 if FLAGS.smoke else FLAGS.image_stride
-    if FLAGS.arch == "cnn" and stride > 1:
-        x = x[:, ::stride, ::stride]
-    x, y = x.astype("float32"), y.reshape(-1, 1).astype("float32")
-    kw = dict(use_bias=FLAGS.use_bias, b_std=FLAGS.b_std, seed=seed, input_shape=x.shape[1:])
-    model = (kerntk.models.fcn(FLAGS.depth, width, **kw) if FLAGS.arch == "fcn"
-             else kerntk.models.cnn(FLAGS.depth, channels, **kw))
+    x, y = load_cifar2(n, seed, FLAGS.arch, stride, FLAGS.data_dir)
+    model = build_model(FLAGS.arch, FLAGS.depth, width, channels, x.shape[1:], FLAGS.use_bias,
+                        FLAGS.b_std, seed)
     eta_crit0 = kerntk.spectral.critical_lr(model, x)
     lr = FLAGS.lr_factor * eta_crit0
     model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")

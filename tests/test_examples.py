@@ -13,7 +13,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
-TRAINERS = sorted(f[:-3] for f in os.listdir(EXAMPLES) if f.endswith(".py"))
+TRAINERS = sorted(f[:-3] for f in os.listdir(EXAMPLES)
+                  if f.endswith(".py") and not f.startswith("_"))  # _x.py: shared helpers
 
 
 def _numbers(obj):
