@@ -64,7 +64,6 @@ price of ``ceil(n / block_size)`` passes per tile row. Tiles need independent ex
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Union
