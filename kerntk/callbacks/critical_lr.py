@@ -59,6 +59,11 @@ class CatapultRaise:
         self.stable_rtol = float(stable_rtol)
 
 
+def _copy(variables) -> list:
+    """Tensor copies of the variables' current values (they survive later in-place updates)."""
+    return [tf.identity(v.value) for v in variables]
+
+
 def _loss_fn(loss):
     fn = keras.losses.get(loss) if isinstance(loss, str) else loss
     if not callable(fn):
@@ -154,6 +159,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         self.history: Dict[str, List[float]] = {}
         self.raises: List[dict] = []
         self.restores: List[dict] = []
+        self.decays: List[dict] = []
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -185,8 +191,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         return self.model.weights
 
     def _snapshot(self, loss: Optional[float], after_raise: bool) -> dict:
-        return {"weights": [tf.identity(v.value) for v in self._weights()],
-                "optimizer": [tf.identity(v.value) for v in self._optimizer.variables],
+        return {"weights": _copy(self._weights()), "optimizer": _copy(self._optimizer.variables),
                 "loss": loss, "step": self._step(), "raise": after_raise}
 
     def _assign(self, variables, values) -> None:
@@ -201,7 +206,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         return int(keras.ops.convert_to_numpy(self._optimizer.iterations))
 
     def _monitored_loss(self, x, y) -> float:
-        if self._loss_graph is None:  # compiled once per run: two of these calls every step
+        if self._loss_graph is None:  # compiled once per run: called every measured step
             def loss(x, y):
                 with full_precision(self.model):  # mixed precision: the loss in float32+
                     pred = self.model(x, training=False)
@@ -244,7 +249,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         self._in_event_run = False
         self._in_catapult, self._pre_spike_loss = False, None
         self._raise_settled = False
-        self.decays: List[dict] = []
+        self.decays = []
         self._last_raise_measurement = 0
         self._measurements = 0
         self._bad = 0
@@ -271,7 +276,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         self._start = None
         if (step // self.every_n_steps) != ((step + self.model.steps_per_execution)
                                            // self.every_n_steps) or self.every_n_steps == 1:
-            self._start = {"weights": [tf.identity(v.value) for v in self._weights()],
+            self._start = {"weights": _copy(self._weights()),
                            "lr": self._current_lr(), "step": step}
 
     def on_train_batch_end(self, batch, logs=None):
@@ -283,7 +288,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         if y is None:
             raise ValueError("CriticalLRMonitor needs targets y to monitor the loss.")
         loss_after = self._monitored_loss(x, y)
-        end_weights = [tf.identity(v.value) for v in self._weights()]
+        end_weights = _copy(self._weights())
         self._assign(self._weights(), self._start["weights"])
         try:
             eta_crit, loss_before = self._eta_crit_and_loss(x, y)
