@@ -435,6 +435,13 @@ def _is_mse(loss) -> bool:
     return loss is keras.losses.mean_squared_error
 
 
+def ntk_critical_lr(lambda_max: float, rows: int, momentum: float = 0.0) -> float:
+    """``eta_crit = (1 + beta) n c / lambda_max(K_full)`` for Keras MSE, from the top eigenvalue
+    of the ``n c x n c`` NTK (``rows = n c``); ``inf`` when ``lambda_max <= 0``. See
+    :func:`critical_lr`."""
+    return math.inf if lambda_max <= 0 else (1.0 + momentum) * rows / lambda_max
+
+
 def critical_lr(model=None, x=None, y=None, *, loss="mse", method: str = "ntk",
                 momentum: float = 0.0, kernel=None, matrix_free: bool = False,
                 tol: Optional[float] = None, maxiter: Optional[int] = None,
@@ -493,8 +500,7 @@ def critical_lr(model=None, x=None, y=None, *, loss="mse", method: str = "ntk",
             if rows != np.shape(x)[0] * c:
                 raise ValueError(f"The kernel has {rows} rows; expected n c = "
                                  f"{np.shape(x)[0] * c}.")
-        lam = float(res.eigenvalues[0])
-        return math.inf if lam <= 0 else (1.0 + momentum) * rows / lam
+        return ntk_critical_lr(float(res.eigenvalues[0]), rows, momentum)
     if model is None or x is None or y is None:
         raise ValueError(f"method={method!r} needs `model`, `x` and `y`.")
     fn = hessian_top_eigenpairs if method == "hessian" else gauss_newton_top_eigenpairs

@@ -166,8 +166,9 @@ def test_logs_reach_history_csvlogger_and_work_with_validation_and_steps_per_exe
     with open(csv_path) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and "eta_crit" in rows[0] and "ntk_lambda_1" in rows[0]
-    # 4 batches per epoch, hooks every 2 steps: 2 measurements per epoch.
-    assert monitor.history["step"] == [0, 2, 4, 6]
+    # 4 batches per epoch, hooks every 2 steps: the tracker measures at the hooks, the monitor
+    # (in the train step) every step.
+    assert monitor.history["step"] == list(range(8))
     assert tracker.history["step"] == [0, 4, 8]
     # The monitor leaves the model as it found it.
     assert "train_step" not in model.__dict__
@@ -244,3 +245,63 @@ def test_agop_logger_matches_the_matrix_alignment_for_low_rank_and_full_rank_ref
         for metric, key in (("cosine", "agop_alignment"), ("pearson", "agop_alignment_pearson")):
             expected = kerntk.agop.alignment(G, G_star, metric=metric)
             assert logger.history[key][-1] == pytest.approx(expected, rel=1e-6)  # float32 grads
+
+
+def _replay(model, x, y, batch_size, lr, steps):
+    """Independent reference: the same SGD steps one ``train_on_batch`` at a time, measuring
+    ``eta_crit`` of each batch with the host engine (brute-force eigenvalues) and the batch
+    loss before/after with ``predict``."""
+    out = {"eta_crit": [], "monitor_loss": [], "loss_after": []}
+    batches = [(x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, len(x), batch_size)]
+    for t in range(steps):
+        xb, yb = batches[t % len(batches)]
+        K = kerntk.ntk.empirical_ntk(model, xb, outputs="full", method="jacobian")
+        out["eta_crit"].append(len(xb) / np.linalg.eigvalsh(K)[-1])
+        loss = lambda: float(np.mean((model.predict(xb, verbose=0).astype(np.float64) - yb) ** 2))
+        out["monitor_loss"].append(loss())
+        model.train_on_batch(xb, yb)
+        out["loss_after"].append(loss())
+    return out
+
+
+@pytest.mark.parametrize("method,every,spe", [("auto", 1, 1), ("auto", 2, 3),
+                                              ("jacobian", 1, 2), ("jacobian", 3, 1)])
+def test_monitor_matches_a_step_by_step_replay(method, every, spe):
+    # n = 20, batch 8: batches of 8, 8 and 4 (the train step sees an unknown batch size).
+    x = _sphere(20, 5, 11)
+    y = np.sin(3 * x[:, :1]).astype("float32")
+    lr, epochs = 0.3, 2
+
+    def model():
+        m = kerntk.models.fcn(2, 48, input_shape=(5,), seed=2)
+        m.compile(optimizer=keras.optimizers.SGD(lr), loss="mse", steps_per_execution=spe)
+        return m
+
+    monitor = CriticalLRMonitor(method=method, every_n_steps=every)
+    model().fit(x, y, batch_size=8, epochs=epochs, shuffle=False, verbose=0, callbacks=[monitor])
+    reference = _replay(model(), x, y, 8, lr, 3 * epochs)
+    steps = [t for t in range(3 * epochs) if t % every == 0]
+    assert monitor.history["step"] == steps
+    for key in reference:
+        np.testing.assert_allclose(monitor.history[key], [reference[key][t] for t in steps],
+                                   rtol=2e-5, err_msg=key)
+
+
+class _BatchCenter(keras.layers.Layer):
+    """Couples the examples of a batch in inference mode (no ``training`` argument)."""
+
+    def call(self, x):
+        return x - keras.ops.mean(x, axis=0, keepdims=True)
+
+
+@pytest.mark.parametrize("method", ["auto", "jacobian"])
+def test_monitor_rejects_a_model_that_couples_the_batch(method):
+    model = keras.Sequential([keras.Input((4,)), _BatchCenter(name="center"),
+                              kerntk.layers.NTKDense(16, activation="relu"),
+                              kerntk.layers.NTKDense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype("float32")
+    with pytest.raises(ValueError, match="independent examples"):
+        model.fit(x, x[:, :1], batch_size=8, epochs=1, verbose=0,
+                  callbacks=[CriticalLRMonitor(method=method)])
+    assert "train_step" not in model.__dict__  # the hook was removed on the error

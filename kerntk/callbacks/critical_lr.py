@@ -15,8 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 from kerntk import ntk, spectral
-from kerntk.callbacks.base import check_probe, full_precision
-from kerntk.callbacks.batch_capture import BatchCapture
+from kerntk.callbacks.base import check_probe
+from kerntk.callbacks.train_step_hook import TrainStepHook
+from kerntk.ntk._common import compute_dtype, resolve_dtype
+from kerntk.ntk.empirical import _mixes_batch
 
 ESTIMATES = ("ntk", "hessian", "gauss_newton")
 
@@ -94,8 +96,9 @@ class CriticalLRMonitor(keras.callbacks.Callback):
     trigger the next. The **guard** (``guard=True``) snapshots weights and optimizer state at the
     start and before every raise; if the loss turns non-finite, or exceeds ``guard_factor`` times
     its value at the snapshot for ``patience`` consecutive measurements, it restores the snapshot:
-    after a raise it sets the rate to ``backoff`` times the raised rate and continues; otherwise (the user's
-    own rate diverges) it stops training. A run under the guard never ends with non-finite weights.
+    after a raise it sets the rate to ``backoff`` times the raised rate and continues; otherwise
+    (the user's own rate diverges) it stops training. A run under the guard never ends with
+    non-finite weights.
 
     Logs (batch logs when measured, latest values in epoch logs): ``eta``, ``eta_crit``,
     ``eta_over_crit``, ``monitor_loss``, ``catapult_events``, ``catapults``, ``catapults_margin``,
@@ -105,13 +108,25 @@ class CriticalLRMonitor(keras.callbacks.Callback):
     ``self.restores`` the actions.
 
     Notes:
-        * With ``steps_per_execution = k > 1`` Keras runs ``k`` steps between hooks: the monitor
-          measures the first step of each block (its batch, its starting weights) and the spike
-          compares that batch's loss before and after the whole block.
-        * Capturing batches needs a host callback inside the train step, so XLA ``jit_compile``
-          is off while the monitor is attached (restored afterwards). Sample weights are ignored.
+        * How it measures: the monitor wraps ``model.train_step`` (:mod:`train_step_hook`), so
+          the measurement is traced into the compiled step, next to the update: the NTK at
+          ``w_t`` (sharing Keras' own forward pass when the model allows it: no Dropout,
+          BatchNormalization or other ``training``-dependent layers, no mixed precision, every
+          trainable variable in a factorizable layer; otherwise a separate NTK pass), its top
+          eigenvalue, and the batch loss before and after the update. Cost per measured step
+          on the benchmark fcn: about 0.7 of a training step (``benchmarks/callbacks.py``).
+        * With ``steps_per_execution = k > 1`` every due step of a block is measured
+          (``estimate="ntk"``); the guard and ``raise_policy`` act at the hooks, i.e. every
+          ``k`` steps. ``"hessian"``/``"gauss_newton"`` run Lanczos on the host at the weights
+          of the first step of each block, which is the only step they measure.
+        * Under a ``tf.distribute`` strategy the batch shards are gathered and the NTK of the
+          global batch is computed on replica 0.
+        * The host callback inside the train step keeps XLA ``jit_compile`` off while the
+          monitor is attached (restored afterwards). Sample weights are ignored.
         * Setting the rate needs a float/variable learning rate: with a ``LearningRateSchedule``
           a ``raise_policy`` is rejected with a ``ValueError``.
+        * Models that couple the examples of a batch in inference mode are rejected with
+          ``estimate="ntk"`` (``f(x[:2]) != f(x)[:2]`` on the first measured step).
 
     Args:
         estimate: ``"ntk"``, ``"hessian"`` or ``"gauss_newton"``.
@@ -170,9 +185,6 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         lr = getattr(self._optimizer, "_learning_rate", None)
         return isinstance(lr, keras.optimizers.schedules.LearningRateSchedule)
 
-    def _current_lr(self) -> float:
-        return float(keras.ops.convert_to_numpy(self._optimizer.learning_rate))
-
     def _set_lr(self, value: float) -> None:
         self._optimizer.learning_rate = value
 
@@ -205,33 +217,138 @@ class CriticalLRMonitor(keras.callbacks.Callback):
     def _step(self) -> int:
         return int(keras.ops.convert_to_numpy(self._optimizer.iterations))
 
-    def _monitored_loss(self, x, y) -> float:
-        if self._loss_graph is None:  # compiled once per run: called every measured step
-            def loss(x, y):
-                with full_precision(self.model):  # mixed precision: the loss in float32+
-                    pred = self.model(x, training=False)
-                value = self._loss(tf.cast(y, tf.float64), tf.cast(pred, tf.float64))
-                return tf.reduce_mean(tf.cast(value, tf.float64))
+    # ------------------------------------------------------------------ in the train step
+    def _outputs(self, x) -> tf.Tensor:
+        """``f(x)`` (n, c) float64 at the variables' current values (traced, inference mode,
+        float32 or wider)."""
+        with compute_dtype(self.model, self._dtype):
+            out = self.model(x, training=False)
+        return tf.concat([tf.reshape(tf.cast(o, tf.float64), (-1, int(np.prod(o.shape[1:]))))
+                          for o in tf.nest.flatten(out)], axis=1)
 
-            self._loss_graph = tf.function(loss, reduce_retracing=True)
-        return float(self._loss_graph(x, y))
+    def _mean_loss(self, y, f) -> tf.Tensor:
+        """The monitored loss of outputs ``f`` (float64, traced)."""
+        y = tf.reshape(tf.cast(y, tf.float64), tf.shape(f))
+        return tf.reduce_mean(tf.cast(self._loss(y, f), tf.float64))
 
-    def _eta_crit_and_loss(self, x, y):
-        """``(eta_crit(x), loss(x))`` at the model's current weights."""
+    @staticmethod
+    def _when(condition: tf.Tensor, fn) -> None:
+        """Runs ``fn`` (which pushes records) in the graph when ``condition`` holds."""
+
+        def run():
+            fn()
+            return tf.constant(True)
+
+        tf.cond(condition, run, lambda: tf.constant(False))
+
+    def _when_due(self, due: tf.Tensor, fn) -> None:
+        """Runs ``fn`` when ``due`` (always true, and no ``tf.cond``, for every step on one
+        replica)."""
+        if self.every_n_steps == 1 and self._replicas == 1:
+            fn()
+        else:
+            self._when(due, fn)
+
+    def _graph_step(self, data, train_step, push):
+        """The monitored training step (traced): the update ``w_t -> w_{t+1}`` on ``X_t`` plus,
+        when due, a record for the host: the rate, ``lambda_max`` of the NTK of ``X_t`` (or of
+        the probe) at ``w_t``, and the loss of ``X_t`` at ``w_t`` and ``w_{t+1}``."""
+        model = self.model
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        opt = model.optimizer
+        iteration = tf.cast(opt.iterations, tf.int64)  # read before the update
+        lr = tf.cast(opt.learning_rate, tf.float64)
+        if self.probe is not None:
+            xm, ym = tf.constant(self.probe[0]), tf.constant(self.probe[1])
+        else:
+            if y is None:
+                raise ValueError("CriticalLRMonitor needs targets y to monitor the loss.")
+            if isinstance(x, (list, tuple, dict)) or isinstance(y, (list, tuple, dict)):
+                raise ValueError("CriticalLRMonitor supports models with one input array and "
+                                 "one target array.")
+            xm, ym = x, y
+            if self._replicas > 1:  # eta_crit of the global batch: gather the shards
+                context = tf.distribute.get_replica_context()
+                xm, ym = (tf.ensure_shape(context.all_gather(t, axis=0), [None] + t.shape[1:])
+                          for t in (x, y))
+        due = tf.equal(iteration % self.every_n_steps, 0) & tf.equal(TrainStepHook.replica(), 0)
+
+        def after():
+            """Record of ``w_{t+1}``: the loss of the same batch after the update."""
+            push(dict(step=iteration, loss_after=self._mean_loss(ym, self._outputs(xm))))
+
+        def before(K, f):
+            """Record of ``w_t``: ``lambda_max`` of the NTK ``K``, the loss of the outputs ``f``
+            and ``f(x)[:2]`` (the host compares it with ``f(x[:2])``: batch coupling)."""
+            push(dict(step=iteration, lr=lr, lambda_max=tf.linalg.eigvalsh(K)[-1],
+                      rows=tf.shape(K)[0], loss_before=self._mean_loss(ym, f), f_head=f[:2]))
+
+        if self.estimate != "ntk":
+            # The Hessian spectrum needs Lanczos on the host, at w_t (on_train_batch_begin).
+            self._when_due(due, lambda: push(dict(step=iteration, lr=lr, x=xm, y=ym,
+                                                  loss_before=self._mean_loss(
+                                                      ym, self._outputs(xm)))))
+            logs = train_step(data)
+            self._when_due(due, after)
+            return logs
+        shared = self.probe is None and self._replicas == 1 and self.method != "jacobian"
+        if shared:
+            shared = ntk.empirical.shareable_forward(model, xm[:2], self._dtype)
+        if shared:
+            # The NTK shares the forward pass of Keras' own step (no NTK forward of its own).
+            recorder = ntk.empirical.ForwardNTK(model, outputs="full")
+            # Batch coupling is a property of the model: f(x[:2]) on the first step only (a
+            # 2-row forward pass reads every weight: ~10% of a step of the benchmark fcn).
+            self._when(due & tf.equal(iteration, self._first_step),
+                       lambda: push(dict(step=iteration, f2=self._outputs(xm[:2]))))
+            with recorder.recording():
+                logs = train_step(data)
+
+            def measure():
+                K, f = recorder.kernel()
+                before(K, tf.cast(f, tf.float64))
+                after()
+
+            self._when_due(due, measure)
+            return logs
+        kernel = ntk.empirical.kernel_fn(model, method=self.method, outputs="full",
+                                         dtype=self._dtype)
+
+        def measure_before():
+            K, f, f2 = kernel(xm)
+            before(K, tf.cast(f, tf.float64))
+            push(dict(step=iteration, f2=tf.cast(f2, tf.float64)))
+
+        self._when_due(due, measure_before)
+        logs = train_step(data)
+        self._when_due(due, after)
+        return logs
+
+    # ------------------------------------------------------------------ on the host
+    def _records(self) -> List[dict]:
+        """The steps measured since the last hook, in order (the records of a step merged)."""
+        merged: Dict[int, dict] = {}
+        for record in self._hook.pop():
+            merged.setdefault(int(record["step"]), {}).update(record)
+        return [merged[k] for k in sorted(merged)]
+
+    def _eta_crit(self, record: dict) -> float:
         if self.estimate == "ntk":
-            # The NTK's own forward pass gives the outputs: no second forward for the loss.
-            K, f = ntk.empirical_ntk(self.model, x, method=self.method, outputs="full",
-                                     return_outputs=True)
-            y64 = np.asarray(y, np.float64).reshape(f.shape)
-            loss = float(np.mean(keras.ops.convert_to_numpy(self._loss(y64, f))))
-            if not math.isfinite(loss):
-                return math.nan, loss
-            return self._beta_factor * spectral.critical_lr(kernel=K, loss=self._loss), loss
-        loss = self._monitored_loss(x, y)
-        if not math.isfinite(loss):
-            return math.nan, loss
-        eta = spectral.critical_lr(self.model, x, y, loss=self._loss, method=self.estimate)
-        return self._beta_factor * eta, loss
+            if "f2" in record and _mixes_batch(record["f_head"], record["f2"], self._dtype):
+                raise ValueError("CriticalLRMonitor(estimate='ntk') needs independent examples, "
+                                 "but the model's output for an example depends on the rest "
+                                 "of the batch (f(x[:2]) != f(x)[:2]); use "
+                                 "estimate='gauss_newton'.")
+            return self._beta_factor * spectral.ntk_critical_lr(float(record["lambda_max"]),
+                                                                int(record["rows"]))
+        end_weights = _copy(self._weights())
+        self._assign(self._weights(), self._start_weights)  # Lanczos at w_t
+        try:
+            eta = spectral.critical_lr(self.model, record["x"], record["y"], loss=self._loss,
+                                       method=self.estimate)
+        finally:
+            self._assign(self._weights(), end_weights)
+        return self._beta_factor * eta
 
     # ------------------------------------------------------------------ Keras hooks
     def on_train_begin(self, logs=None):
@@ -241,8 +358,13 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             raise ValueError("CatapultRaise must set the learning rate, which is a "
                              "LearningRateSchedule here; compile with a float learning rate.")
         self._loss = _loss_fn(self.loss if self.loss is not None else self.model.loss)
-        self._loss_graph = None
+        if self.estimate == "ntk" and not spectral._is_mse(self._loss):
+            raise ValueError("estimate='ntk' holds for Keras MSE (mean reduction) only; use "
+                             "estimate='gauss_newton' or 'hessian' for other losses.")
         self._beta_factor = self._momentum_factor()
+        self._dtype = resolve_dtype(self.model, None)
+        self._replicas = self.model.distribute_strategy.num_replicas_in_sync
+        self._first_step = self._step()
         self.history, self.raises, self.restores = {}, [], []
         self.counts = dict(catapult_events=0, catapults=0, catapults_margin=0, loss_spikes=0,
                            matched=0)
@@ -256,52 +378,57 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         # The first snapshot is the state before training; its reference loss is the first
         # measured one.
         self._snapshots: List[dict] = [self._snapshot(None, False)] if self.guard else []
-        self._start = None
-        self._capture = None
-        if self.probe is None:
-            self._capture = BatchCapture()
-            self._capture.install(self.model)
+        self._start_weights, self._start_step = None, None
+        self._hook = TrainStepHook()
+        self._hook.install(self.model, self._graph_step)
 
     def on_train_end(self, logs=None):
-        if self._capture is not None:
-            self._capture.uninstall()
-            self._capture = None
+        if self._hook is not None:
+            self._hook.uninstall()
+            self._hook = None
         if self.guard and self._snapshots and not all(
                 np.all(np.isfinite(keras.ops.convert_to_numpy(v))) for v in self._weights()):
             self._restore(self._snapshots[-1])
             self.restores.append({"step": self._step(), "reason": "non-finite weights at end"})
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self.estimate == "ntk":
+            return
+        # Lanczos runs on the host and needs the weights the step starts from: only the first
+        # step of a steps_per_execution block has them.
         step = self._step()
-        self._start = None
-        if (step // self.every_n_steps) != ((step + self.model.steps_per_execution)
-                                           // self.every_n_steps) or self.every_n_steps == 1:
-            self._start = {"weights": _copy(self._weights()),
-                           "lr": self._current_lr(), "step": step}
+        due = step % self.every_n_steps == 0
+        self._start_weights = _copy(self._weights()) if due else None
+        self._start_step = step
 
     def on_train_batch_end(self, batch, logs=None):
-        data = (self.probe if self.probe is not None
-                else self._capture.pop_first(self.model.distribute_strategy.num_replicas_in_sync))
-        if self._start is None or data is None:
-            return
-        x, y = data
-        if y is None:
-            raise ValueError("CriticalLRMonitor needs targets y to monitor the loss.")
-        loss_after = self._monitored_loss(x, y)
-        end_weights = _copy(self._weights())
-        self._assign(self._weights(), self._start["weights"])
         try:
-            eta_crit, loss_before = self._eta_crit_and_loss(x, y)
-        finally:
-            self._assign(self._weights(), end_weights)
-        self._update(self._start["lr"], eta_crit, loss_before, loss_after, logs)
+            self._process(self._records(), logs)
+        except BaseException:
+            # Keras skips on_train_end when fit raises: leave the model's train step as found.
+            self._hook.uninstall()
+            self._hook = None
+            raise
+
+    def _process(self, records: List[dict], logs) -> None:
+        for record in records:
+            step = int(record["step"])
+            if self.estimate != "ntk" and (self._start_weights is None
+                                           or step != self._start_step):
+                continue
+            loss_before, loss_after = float(record["loss_before"]), float(record["loss_after"])
+            eta_crit = self._eta_crit(record) if math.isfinite(loss_before) else math.nan
+            restores = len(self.restores)
+            self._update(step, float(record["lr"]), eta_crit, loss_before, loss_after, logs)
+            if len(self.restores) > restores or self.model.stop_training:
+                break  # later records of this block are from the abandoned trajectory
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.history:
             logs.update(self._latest)
 
     # ------------------------------------------------------------------ bookkeeping
-    def _update(self, eta, eta_crit, loss_before, loss_after, logs):
+    def _update(self, step, eta, eta_crit, loss_before, loss_after, logs):
         self._measurements += 1
         c = self.counts
         event = math.isfinite(eta_crit) and eta - eta_crit > 1e-8
@@ -331,7 +458,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         values.update(lr_raises=len(self.raises), guard_restores=len(self.restores))
         self._latest = {k: float(v) for k, v in values.items()}
         h = self.history
-        h.setdefault("step", []).append(self._start["step"])
+        h.setdefault("step", []).append(step)
         h.setdefault("event", []).append(bool(event))
         h.setdefault("spike", []).append(bool(spike))
         h.setdefault("loss_after", []).append(loss_after)

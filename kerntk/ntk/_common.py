@@ -113,8 +113,8 @@ def forward(model: keras.Model, trainable_values: List[tf.Tensor],
     """``f(w; x)`` through ``model.stateless_call`` (no state update), every output flattened and
     concatenated to ``(n, c)`` in ``dtype`` (output ``k`` is column ``k``)."""
     out, _ = model.stateless_call(trainable_values, non_trainable_values, x, training=training)
-    n = tf.shape(x)[0]
-    parts = [tf.reshape(tf.cast(o, dtype), (n, -1)) for o in tf.nest.flatten(out)]
+    parts = [tf.reshape(tf.cast(o, dtype), (-1, int(np.prod(o.shape[1:]))))
+             for o in tf.nest.flatten(out)]
     return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
 
 

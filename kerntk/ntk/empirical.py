@@ -74,10 +74,11 @@ import tensorflow as tf
 from keras import ops
 
 from kerntk.layers import BaseNTKConv, NTKDense
-from kerntk.ntk._common import (batch_mixing_layers, check_inputs, check_outputs, compute_dtype,
-                                count_outputs, forward, read_values, resolve_dtype)
+from kerntk.ntk._common import (_FLOATS, batch_mixing_layers, check_inputs, check_outputs,
+                                compute_dtype, count_outputs, forward, read_values,
+                                resolve_dtype)
 
-__all__ = ["empirical_ntk"]
+__all__ = ["empirical_ntk", "kernel_fn", "ForwardNTK", "shareable_forward"]
 
 METHODS = ("auto", "structured", "jacobian")
 _ZERO = tf.UnconnectedGradients.ZERO
@@ -85,6 +86,8 @@ _ZERO = tf.UnconnectedGradients.ZERO
 _MAX_PATCH_GRAM = 2 ** 27
 # Largest Jacobian (in elements) of one group of variables in the jacobian method.
 _MAX_JACOBIAN = 2 ** 28
+# Batch size assumed for the cost/memory choices when it is unknown at trace time.
+_NOMINAL_BATCH = 256
 
 
 @dataclass
@@ -192,9 +195,8 @@ def _capture(sites: List[_Site]) -> Iterator[None]:
 def _patches(a: tf.Tensor, site: _Site) -> tf.Tensor:
     """Input patches ``(n, S, F)`` of a dense (any rank) or channels_last conv layer; the patch
     order within F is irrelevant since only inner products of patches are used."""
-    n = a.shape[0]
     if site.kind == "dense":
-        return tf.reshape(a, (n, -1, a.shape[-1]))
+        return tf.reshape(a, (-1, int(np.prod(a.shape[1:-1])), a.shape[-1]))
     sizes, strides = list(site.kernel_size), list(site.strides)
     if len(sizes) == 1:
         a, sizes, strides = a[:, None], [1] + sizes, [1] + strides
@@ -202,25 +204,27 @@ def _patches(a: tf.Tensor, site: _Site) -> tf.Tensor:
         raise NotImplementedError("only 1-D and 2-D convolutions are factorized")
     p = tf.image.extract_patches(a, sizes=[1] + sizes + [1], strides=[1] + strides + [1],
                                  rates=[1, 1, 1, 1], padding=site.padding.upper())
-    return tf.reshape(p, (n, -1, p.shape[-1]))
+    return tf.reshape(p, (-1, int(np.prod(p.shape[1:-1])), p.shape[-1]))
 
 
 def _output_gram(B1: tf.Tensor, B2: tf.Tensor, full: bool) -> tf.Tensor:
     """Gram of per-example, per-output vectors B: (c, n, C) -> (n1, n2) summed over c, or
     (n1 c, n2 c) indexed i*c+k."""
-    c, n1, n2 = B1.shape[0], B1.shape[1], B2.shape[1]
+    c, C = B1.shape[0], B1.shape[-1]
     B1 = tf.transpose(B1, (1, 0, 2))
     B2 = tf.transpose(B2, (1, 0, 2))
-    if full:
-        return tf.matmul(tf.reshape(B1, (n1 * c, -1)), tf.reshape(B2, (n2 * c, -1)),
-                         transpose_b=True)
-    return tf.matmul(tf.reshape(B1, (n1, -1)), tf.reshape(B2, (n2, -1)), transpose_b=True)
+    cols = C if full else c * C
+    return tf.matmul(tf.reshape(B1, (-1, cols)), tf.reshape(B2, (-1, cols)), transpose_b=True)
 
 
-def _choose_form(n1: int, n2: int, S: int, F: int, C: int, c: int, full: bool) -> str:
-    """'patch' or 'grad', whichever needs fewer multiply-adds (patch also capped in memory)."""
+def _choose_form(n1: Optional[int], n2: Optional[int], S: int, F: int, C: int, c: int,
+                 full: bool) -> str:
+    """'patch' or 'grad', whichever needs fewer multiply-adds (patch also capped in memory).
+    A batch size unknown at trace time (``None``, inside a training step) counts as
+    ``_NOMINAL_BATCH``."""
     if S == 1:
         return "patch"
+    n1, n2 = n1 or _NOMINAL_BATCH, n2 or _NOMINAL_BATCH
     pairs = c * c if full else 1
     patch = n1 * n2 * S * S * (F + c * C + pairs)
     grad = (n1 + n2) * S * F * C * c + n1 * n2 * F * C * (c * c if full else c)
@@ -234,6 +238,7 @@ def _weight_block(A1, A2, D1, D2, full: bool) -> tf.Tensor:
     n1, S, F = A1.shape
     n2 = A2.shape[0]
     c, C = D1.shape[0], D1.shape[-1]
+    n2_dyn = tf.shape(A2)[0]
     form = _choose_form(n1, n2, S, F, C, c, full)
     if form == "patch" and S == 1:
         GA = tf.matmul(A1[:, 0], A2[:, 0], transpose_b=True)
@@ -242,24 +247,23 @@ def _weight_block(A1, A2, D1, D2, full: bool) -> tf.Tensor:
             GA = tf.repeat(tf.repeat(GA, c, axis=0), c, axis=1)
         return GA * GD
     if form == "patch":
-        GA = tf.reshape(tf.matmul(tf.reshape(A1, (n1 * S, F)), tf.reshape(A2, (n2 * S, F)),
-                                  transpose_b=True), (n1, S, n2, S))
+        GA = tf.reshape(tf.matmul(tf.reshape(A1, (-1, F)), tf.reshape(A2, (-1, F)),
+                                  transpose_b=True), [-1, S, n2_dyn, S])
         if full:
-            d1 = tf.reshape(tf.transpose(D1, (1, 0, 2, 3)), (n1 * c * S, C))
-            d2 = tf.reshape(tf.transpose(D2, (1, 0, 2, 3)), (n2 * c * S, C))
-            GD = tf.reshape(tf.matmul(d1, d2, transpose_b=True), (n1, c, S, n2, c, S))
+            d1 = tf.reshape(tf.transpose(D1, (1, 0, 2, 3)), (-1, C))
+            d2 = tf.reshape(tf.transpose(D2, (1, 0, 2, 3)), (-1, C))
+            GD = tf.reshape(tf.matmul(d1, d2, transpose_b=True), [-1, c, S, n2_dyn, c, S])
             K = tf.einsum("isjt,iksjlt->ikjl", GA, GD)
-            return tf.reshape(K, (n1 * c, n2 * c))
-        d1 = tf.reshape(tf.transpose(D1, (1, 2, 0, 3)), (n1 * S, c * C))
-        d2 = tf.reshape(tf.transpose(D2, (1, 2, 0, 3)), (n2 * S, c * C))
-        GD = tf.reshape(tf.matmul(d1, d2, transpose_b=True), (n1, S, n2, S))
+            return tf.reshape(K, [-1, n2_dyn * c])
+        d1 = tf.reshape(tf.transpose(D1, (1, 2, 0, 3)), (-1, c * C))
+        d2 = tf.reshape(tf.transpose(D2, (1, 2, 0, 3)), (-1, c * C))
+        GD = tf.reshape(tf.matmul(d1, d2, transpose_b=True), [-1, S, n2_dyn, S])
         return tf.reduce_sum(GA * GD, axis=(1, 3))
 
     def grads(A, D):  # per-example, per-output weight gradients (n, c, F*C)
-        n = A.shape[0]
-        Dt = tf.reshape(tf.transpose(D, (1, 2, 0, 3)), (n, S, c * C))
-        G = tf.reshape(tf.matmul(A, Dt, transpose_a=True), (n, F, c, C))
-        return tf.reshape(tf.transpose(G, (0, 2, 1, 3)), (n, c, F * C))
+        Dt = tf.reshape(tf.transpose(D, (1, 2, 0, 3)), (-1, S, c * C))
+        G = tf.reshape(tf.matmul(A, Dt, transpose_a=True), (-1, F, c, C))
+        return tf.reshape(tf.transpose(G, (0, 2, 1, 3)), (-1, c, F * C))
 
     G1 = grads(A1, D1)
     G2 = G1 if (A2 is A1 and D2 is D1) else grads(A2, D2)
@@ -268,12 +272,9 @@ def _weight_block(A1, A2, D1, D2, full: bool) -> tf.Tensor:
 
 def _gradient_gram(G1: tf.Tensor, G2: tf.Tensor, full: bool) -> tf.Tensor:
     """Gram of per-example, per-output gradients G: (n, c, P)."""
-    n1, c = G1.shape[0], G1.shape[1]
-    n2 = G2.shape[0]
-    if full:
-        return tf.matmul(tf.reshape(G1, (n1 * c, -1)), tf.reshape(G2, (n2 * c, -1)),
-                         transpose_b=True)
-    return tf.matmul(tf.reshape(G1, (n1, -1)), tf.reshape(G2, (n2, -1)), transpose_b=True)
+    c, P = G1.shape[1], G1.shape[2]
+    cols = P if full else c * P
+    return tf.matmul(tf.reshape(G1, (-1, cols)), tf.reshape(G2, (-1, cols)), transpose_b=True)
 
 
 def _conv_gradients(a: tf.Tensor, D: tf.Tensor, site: _Site) -> tf.Tensor:
@@ -285,7 +286,8 @@ def _conv_gradients(a: tf.Tensor, D: tf.Tensor, site: _Site) -> tf.Tensor:
     if len(sizes) == 1:
         a, D, sizes, strides = a[:, None], D[:, :, None], [1] + sizes, [1] + strides
     cin = a.shape[-1]
-    Dt = tf.reshape(tf.transpose(D, (1, 2, 3, 0, 4)), (n, D.shape[2], D.shape[3], c * C))
+    F = int(np.prod(sizes)) * cin
+    Dt = tf.reshape(tf.transpose(D, (1, 2, 3, 0, 4)), (-1, D.shape[2], D.shape[3], c * C))
 
     def one(args):
         ai, di = args
@@ -295,9 +297,10 @@ def _conv_gradients(a: tf.Tensor, D: tf.Tensor, site: _Site) -> tf.Tensor:
 
     # pfor has no vectorized Conv2DBackpropFilter (it would fall back to a loop with a warning),
     # so map over the examples explicitly, several in flight.
-    G = tf.map_fn(one, (a, Dt), fn_output_signature=a.dtype, parallel_iterations=min(n, 64))
-    G = tf.reshape(G, (n, -1, c, C))
-    return tf.reshape(tf.transpose(G, (0, 2, 1, 3)), (n, c, -1))
+    G = tf.map_fn(one, (a, Dt), fn_output_signature=a.dtype,
+                  parallel_iterations=min(n or 64, 64))
+    G = tf.reshape(G, (-1, F, c, C))
+    return tf.reshape(tf.transpose(G, (0, 2, 1, 3)), (-1, c, F * C))
 
 
 def _site_kernel(site: _Site, D: tf.Tensor, n1: int, cross: bool, full: bool) -> tf.Tensor:
@@ -307,7 +310,7 @@ def _site_kernel(site: _Site, D: tf.Tensor, n1: int, cross: bool, full: bool) ->
     S = int(np.prod(D.shape[2:-1]))
     if site.kind == "conv":
         F = int(np.prod(site.kernel_size)) * a.shape[-1]
-        n2 = n - n1 if cross else n1
+        n2 = n - n1 if (cross and n is not None) else n1
         conv_grad = _choose_form(n1, n2, S, F, C, c, full) == "grad"
     else:
         conv_grad = False
@@ -316,7 +319,7 @@ def _site_kernel(site: _Site, D: tf.Tensor, n1: int, cross: bool, full: bool) ->
         G = _conv_gradients(a, D, site)
         G1, G2 = (G[:n1], G[n1:]) if cross else (G, G)
         K = _gradient_gram(G1, G2, full)
-    D = tf.reshape(D, (c, n, S, C))
+    D = tf.reshape(D, (c, -1, S, C))
     D1, D2 = (D[:, :n1], D[:, n1:]) if cross else (D, D)
     if not conv_grad:
         A = _patches(a, site)
@@ -333,75 +336,222 @@ def _site_kernel(site: _Site, D: tf.Tensor, n1: int, cross: bool, full: bool) ->
 # --------------------------------------------------------------------------------------------
 
 
+def _coverage(sites: List[_Site], n_vars: int):
+    """``(active, rest)``: the sites called exactly once by the traced forward pass, and the
+    indices of the trainable variables they do not cover."""
+    active = [s for s in sites if len(s.records) == 1]
+    covered = set()
+    for s in active:
+        covered.add(s.kernel_index)
+        if s.bias_index is not None:
+            covered.add(s.bias_index)
+    return active, [i for i in range(n_vars) if i not in covered]
+
+
+def _structured_blocks(active: List[_Site], per_output: list, n1, cross: bool, full: bool,
+                       dtype: str) -> List[tf.Tensor]:
+    """The sites' kernel blocks from the cotangents ``per_output[k][j]`` of output ``k`` at
+    site ``j``."""
+    blocks = []
+    for j, site in enumerate(active):
+        D = tf.stack([tf.cast(g[j], dtype) for g in per_output])
+        blocks.append(_site_kernel(site, D, n1, cross, full))
+    return blocks
+
+
+def _kernel_graph(model: keras.Model, x1: tf.Tensor, x2: Optional[tf.Tensor], method: str,
+                  outputs, dtype: str, training: bool):
+    """Traced body of the kernel: ``(K, f(x), f(x[:2]))`` at the variables' current values.
+    ``K`` is float64; the batch size may be unknown at trace time (no ``x2`` then)."""
+    cross = x2 is not None
+    n1 = x1.shape[0]
+    x = tf.concat([x1, x2], axis=0) if cross else x1
+    n = x.shape[0]
+    tvars = model.trainable_variables
+    index_of = {id(v): i for i, v in enumerate(tvars)}
+    sites = _find_sites(model, index_of) if method in ("structured", "auto") else []
+    with compute_dtype(model, dtype):
+        vals, ntvals = read_values(model)
+        with _capture(sites):
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(vals)
+                out = forward(model, vals, ntvals, x, training, dtype)
+                # Targets are recorded on the tape: the sums give the cotangents D, the
+                # selected columns the batched Jacobian.
+                cols = list(range(out.shape[1])) if isinstance(outputs, str) else [outputs]
+                sums = [tf.reduce_sum(out[:, k]) for k in cols]
+                target = tf.gather(out, cols, axis=1)
+        probe = forward(model, vals, ntvals, x[:2], training, dtype)
+        full = outputs == "full"
+        active, rest = _coverage(sites, len(tvars))
+        if method == "structured" and rest:
+            names = ", ".join(tvars[i].path for i in rest)
+            raise ValueError(f"method='structured' cannot factorize these trainable "
+                             f"variables: {names}. Use method='auto' (structured + jacobian "
+                             f"for the rest) or method='jacobian'.")
+        blocks = []
+        if active:
+            zs = [s.records[0][1] for s in active]
+            per_output = [tape.gradient(total, zs, unconnected_gradients=_ZERO)
+                          for total in sums]
+            blocks = _structured_blocks(active, per_output, n1, cross, full, dtype)
+        rows = (lambda t: tf.reshape(t, (-1, t.shape[-1]))) if full else \
+            (lambda t: tf.reshape(t, (-1, t.shape[1] * t.shape[2])))
+        for group in _variable_groups(rest, tvars, (n or _NOMINAL_BATCH) * len(cols)):
+            # Control dependency on the blocks so far: one group's Jacobian is alive at a time.
+            with tf.control_dependencies(blocks[-1:]):
+                if method == "batched":
+                    jacs = tape.jacobian(target, [vals[i] for i in group],
+                                         unconnected_gradients=_ZERO,
+                                         experimental_use_pfor=True)
+                else:
+                    jacs = _per_example_jacobian(model, vals, ntvals, x, training, dtype,
+                                                 cols, group)
+            for j in jacs:
+                J = tf.reshape(tf.cast(j, dtype), (-1, len(cols), int(np.prod(j.shape[2:]))))
+                J1, J2 = (J[:n1], J[n1:]) if cross else (J, J)
+                blocks.append(tf.cast(tf.matmul(rows(J1), rows(J2), transpose_b=True),
+                                      tf.float64))
+    del tape
+    return tf.add_n(blocks), out, probe
+
+
 def _make_kernel_fn(model: keras.Model, method: str, outputs, dtype: str, training: bool,
                     cross: bool, jit: bool = False):
-    """A compiled ``(x1[, x2]) -> (K, f(x), f(x[:m]))`` for one configuration."""
-
-    def kernel(x1, x2=None):
-        n1 = x1.shape[0]
-        x = tf.concat([x1, x2], axis=0) if cross else x1
-        n = x.shape[0]
-        tvars = model.trainable_variables
-        index_of = {id(v): i for i, v in enumerate(tvars)}
-        sites = _find_sites(model, index_of) if method in ("structured", "auto") else []
-        with compute_dtype(model, dtype):
-            vals, ntvals = read_values(model)
-            with _capture(sites):
-                with tf.GradientTape(persistent=True) as tape:
-                    tape.watch(vals)
-                    out = forward(model, vals, ntvals, x, training, dtype)
-                    # Targets are recorded on the tape: the sums give the cotangents D, the
-                    # selected columns the batched Jacobian.
-                    cols = list(range(out.shape[1])) if isinstance(outputs, str) else [outputs]
-                    sums = [tf.reduce_sum(out[:, k]) for k in cols]
-                    target = tf.gather(out, cols, axis=1)
-            m = min(2, n)
-            probe = forward(model, vals, ntvals, x[:m], training, dtype)
-            full = outputs == "full"
-            active = [s for s in sites if len(s.records) == 1]
-            covered = set()
-            for s in active:
-                covered.add(s.kernel_index)
-                if s.bias_index is not None:
-                    covered.add(s.bias_index)
-            rest = [i for i in range(len(tvars)) if i not in covered]
-            if method == "structured" and rest:
-                names = ", ".join(tvars[i].path for i in rest)
-                raise ValueError(f"method='structured' cannot factorize these trainable "
-                                 f"variables: {names}. Use method='auto' (structured + jacobian "
-                                 f"for the rest) or method='jacobian'.")
-            shape = (n1 * len(cols), (n - n1 if cross else n1) * len(cols)) if full else \
-                (n1, n - n1 if cross else n1)
-            K = tf.zeros(shape, tf.float64)
-            if active:
-                zs = [s.records[0][1] for s in active]
-                per_output = [tape.gradient(total, zs, unconnected_gradients=_ZERO)
-                              for total in sums]
-                for j, site in enumerate(active):
-                    D = tf.stack([tf.cast(g[j], dtype) for g in per_output])
-                    K += _site_kernel(site, D, n1, cross, full)
-            rows = (lambda t: tf.reshape(t, (-1, t.shape[-1]))) if full else \
-                (lambda t: tf.reshape(t, (t.shape[0], -1)))
-            for group in _variable_groups(rest, tvars, n * len(cols)):
-                # Control dependency on K: one group's Jacobian is alive at a time.
-                with tf.control_dependencies([K]):
-                    if method == "batched":
-                        jacs = tape.jacobian(target, [vals[i] for i in group],
-                                             unconnected_gradients=_ZERO,
-                                             experimental_use_pfor=True)
-                    else:
-                        jacs = _per_example_jacobian(model, vals, ntvals, x, training, dtype,
-                                                     cols, group)
-                for j in jacs:
-                    J = tf.reshape(tf.cast(j, dtype), (n, len(cols), -1))
-                    J1, J2 = (J[:n1], J[n1:]) if cross else (J, J)
-                    K += tf.cast(tf.matmul(rows(J1), rows(J2), transpose_b=True), tf.float64)
-        del tape
-        return K, out, probe
-
+    """A compiled ``(x1[, x2]) -> (K, f(x), f(x[:2]))`` for one configuration."""
     if cross:
-        return tf.function(lambda x1, x2: kernel(x1, x2), autograph=False, jit_compile=jit)
-    return tf.function(lambda x1: kernel(x1), autograph=False, jit_compile=jit)
+        return tf.function(
+            lambda x1, x2: _kernel_graph(model, x1, x2, method, outputs, dtype, training),
+            autograph=False, jit_compile=jit)
+    return tf.function(lambda x1: _kernel_graph(model, x1, None, method, outputs, dtype, training),
+                       autograph=False, jit_compile=jit)
+
+
+def kernel_fn(model: keras.Model, *, method: str = "auto", outputs: Union[str, int] = "full",
+              dtype=None, training: bool = False) -> Callable:
+    """The empirical NTK as a traceable ``x -> (K, f(x), f(x[:2]))`` at the variables' current
+    values, to be called inside another ``tf.function`` (e.g. a training step); the batch size
+    may be unknown at trace time. ``K`` is a float64 tensor, ``f`` in the compute dtype.
+
+    Unlike :func:`empirical_ntk` it does not validate ``x`` nor detect batch coupling: callers
+    compare ``f(x[:2])`` with ``f(x)[:2]`` themselves. ``method`` is ``"auto"``,
+    ``"structured"``, ``"jacobian"`` or ``"batched"`` (Jacobian of the batched function).
+    """
+    if method not in METHODS + ("batched",):
+        raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
+    dt = resolve_dtype(model, dtype)
+    return _cached_kernel_fn(model, method, outputs, dt, training, False, False)
+
+
+# Layers whose ``training`` argument does not change their output.
+_TRAINING_INDEPENDENT = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
+                         keras.layers.Conv3D, keras.layers.Activation, keras.layers.Flatten,
+                         keras.layers.Reshape, keras.Sequential)
+
+
+def _training_dependent(layer) -> bool:
+    if not getattr(layer, "_call_has_training_arg", False):
+        return False
+    if isinstance(layer, _TRAINING_INDEPENDENT):
+        return False
+    # A functional model only passes ``training`` on to its layers (checked separately).
+    return type(layer).__name__ != "Functional"
+
+
+def shareable_forward(model: keras.Model, x2: tf.Tensor, dtype: str) -> bool:
+    """Whether :class:`ForwardNTK` can compute the NTK from ``model``'s own training-mode forward
+    pass (decided while tracing; the forward pass of ``x2`` it traces is not run).
+
+    It can when (1) every layer's output ignores ``training`` (no Dropout, BatchNormalization,
+    noise, or custom layers taking ``training``), (2) every layer computes in ``dtype`` (not a
+    mixed-precision model), and (3) the per-layer factorization covers every trainable variable
+    (each in a layer called once per forward pass), which a forward pass of ``x2`` under capture
+    tells.
+    """
+    layers = list(model._flatten_layers(include_self=True, recursive=True))
+    ok = not any(_training_dependent(layer) for layer in layers) and all(
+        layer.compute_dtype == dtype for layer in layers if layer.compute_dtype in _FLOATS)
+    tvars = model.trainable_variables
+    sites = _find_sites(model, {id(v): i for i, v in enumerate(tvars)})
+    with compute_dtype(model, dtype):
+        vals, ntvals = read_values(model)
+        with _capture(sites):
+            forward(model, vals, ntvals, x2, False, dtype)
+    _, rest = _coverage(sites, len(tvars))
+    return ok and not rest
+
+
+class ForwardNTK:
+    """The structured NTK of a batch, computed from a forward pass the caller runs anyway.
+
+    Traced code (inside a ``tf.function``), for models where :func:`shareable_forward` holds::
+
+        fnt = ForwardNTK(model, outputs="full")
+        with fnt.recording():
+            logs = model.train_step(data)     # Keras' own forward pass, at the weights w_t
+        K, f = fnt.kernel()                   # the NTK at w_t and f(w_t; x), (n, c)
+
+    Sharing the forward pass leaves ``c`` backward passes to the pre-activations and the
+    per-layer Grams: about two thirds of :func:`empirical_ntk`'s cost. The backward passes use
+    the tensors of the recorded forward pass, so the weights may change in between (e.g. an
+    optimizer step); ``K`` is that of the recorded weights.
+    """
+
+    def __init__(self, model: keras.Model, outputs: Union[str, int] = "full"):
+        self.model, self.outputs = model, outputs
+        self._tvars = model.trainable_variables
+        self._sites = _find_sites(model, {id(v): i for i, v in enumerate(self._tvars)})
+        self._tape = None
+        self._out = None
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Records the (one) forward pass of ``model`` run inside the context."""
+        model = self.model
+        bound = model.call
+        previous = model.__dict__.get("call", None)
+
+        def call(*args, **kwargs):
+            if self._tape is not None:
+                raise ValueError("ForwardNTK records one forward pass; the model was called "
+                                 "twice.")
+            self._tape = tf.GradientTape(persistent=True)
+            with self._tape:
+                out = bound(*args, **kwargs)
+                parts = [tf.reshape(o, (-1, int(np.prod(o.shape[1:])))) for o in tf.nest.flatten(out)]
+                self._out = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+                cols = (range(self._out.shape[1]) if isinstance(self.outputs, str)
+                        else [self.outputs])
+                self._sums = [tf.reduce_sum(self._out[:, k]) for k in cols]
+            return out
+
+        for site in self._sites:
+            site.records.clear()
+        try:
+            with _capture(self._sites):
+                object.__setattr__(model, "call", call)
+                yield
+        finally:
+            if previous is None:
+                object.__delattr__(model, "call")
+            else:
+                object.__setattr__(model, "call", previous)
+
+    def kernel(self):
+        """``(K, f)``: the float64 NTK (layout of ``outputs``) and the recorded outputs."""
+        if self._tape is None:
+            raise ValueError("Nothing recorded: call the model inside `recording()` first.")
+        active, rest = _coverage(self._sites, len(self._tvars))
+        if rest:
+            names = ", ".join(self._tvars[i].path for i in rest)
+            raise ValueError(f"ForwardNTK cannot factorize these trainable variables: {names} "
+                             f"(check shareable_forward first).")
+        zs = [s.records[0][1] for s in active]
+        per_output = [self._tape.gradient(t, zs, unconnected_gradients=_ZERO)
+                      for t in self._sums]
+        blocks = _structured_blocks(active, per_output, None, False, self.outputs == "full",
+                                    self._out.dtype.name)
+        return tf.add_n(blocks), self._out
 
 
 def _variable_groups(indices: List[int], tvars, rows: int) -> List[List[int]]:

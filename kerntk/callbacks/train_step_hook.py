@@ -1,0 +1,78 @@
+"""Measurements traced into the training step, delivered to a callback on the host.
+
+Keras gives callbacks no access to the data of a step, nor to the weights a step started from.
+:class:`TrainStepHook` replaces ``model.train_step`` by ``body(data, step, push)``, traced into
+the compiled train function: ``step(data)`` runs the original step and returns its logs, and
+``push(record)`` (a dict of tensors, called inside ``body``, possibly under ``tf.cond``) sends a
+record to the host through ``tf.numpy_function``. Everything a measurement needs (the batch, the
+weights before and after the update) is thus at hand in the graph, and nothing is copied or
+swapped on the host.
+
+Under a ``tf.distribute`` strategy ``body`` runs once per replica; :meth:`TrainStepHook.replica`
+gives the replica id so that the measurement runs on replica 0 only. XLA cannot compile host
+callbacks, so ``jit_compile`` is off while the hook is installed (restored afterwards).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Dict, List
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+class TrainStepHook:
+    """Installs ``body`` as the model's train step; :meth:`pop` returns the records pushed since
+    the last call, in the order the steps ran."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._records: List[Dict[str, np.ndarray]] = []
+        self._model = None
+
+    @staticmethod
+    def replica() -> tf.Tensor:
+        """Id of the replica running the step (0 without a strategy), an int32 tensor."""
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        return tf.cast(replica, tf.int32)
+
+    def install(self, model: keras.Model, body: Callable) -> None:
+        if self._model is not None:
+            raise RuntimeError("TrainStepHook is already installed.")
+        self._model = model
+        self._had_instance_step = "train_step" in model.__dict__
+        self._jit = model.jit_compile
+        original = model.train_step
+
+        def push(record: Dict[str, tf.Tensor]) -> None:
+            keys = sorted(record)
+
+            def store(*arrays):
+                with self._lock:
+                    self._records.append({k: np.asarray(a) for k, a in zip(keys, arrays)})
+                return []
+
+            tf.numpy_function(store, [record[k] for k in keys], [], stateful=True)
+
+        model.train_step = lambda data: body(data, original, push)
+        if self._jit:
+            model.jit_compile = False
+        model.make_train_function(force=True)
+
+    def uninstall(self) -> None:
+        model, self._model = self._model, None
+        if model is None:
+            return
+        if not self._had_instance_step:
+            del model.train_step
+        model.jit_compile = self._jit
+        model.train_function = None  # the next fit builds a plain one
+        self._records = []
+
+    def pop(self) -> List[Dict[str, np.ndarray]]:
+        with self._lock:
+            records, self._records = self._records, []
+        return records
