@@ -298,3 +298,62 @@ def test_return_outputs_are_the_model_outputs(block_size):
     np.testing.assert_allclose(f, model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(K, empirical_ntk(model, x, outputs="full",
                                                    block_size=block_size))
+
+
+# ------------------------------------------------------------- in-graph (training-step) API
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_kernel_fn_with_unknown_batch_size_matches_brute_force(name, rng):
+    # Inside a tf.function traced for (None, ...) inputs, as in a Keras training step.
+    make, shape = MODELS[name]
+    model = make()
+    x = rng.standard_normal((5,) + shape).astype("float32")
+    model(x)
+    fn = kerntk.ntk.empirical.kernel_fn(model, method=STRUCTURED[name], outputs="full")
+    graph = tf.function(lambda t: fn(t), input_signature=[
+        tf.TensorSpec((None,) + shape, tf.float32)])
+    for n in (5, 3):  # one trace, two batch sizes
+        K, f, _ = graph(x[:n])
+        full = brute_kernels(brute_jacobian(model, x[:n]))[1]
+        assert rel(K.numpy(), full) < 1e-5
+        np.testing.assert_allclose(f.numpy(), np.concatenate(
+            [np.reshape(o, (n, -1)) for o in tf.nest.flatten(model(x[:n]))], axis=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"mixed_multi_output"}))
+@pytest.mark.parametrize("outputs", ["full", "trace"])
+def test_forward_ntk_shares_a_training_step_and_gives_the_kernel_before_it(name, outputs, rng):
+    make, shape = MODELS[name]
+    model = make()
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    x = rng.standard_normal((4,) + shape).astype("float32")
+    y = rng.standard_normal((4,) + model(x).shape[1:]).astype("float32")
+    trace, full = brute_kernels(brute_jacobian(model, x))  # at w_t
+    f_before = model(x).numpy().reshape(4, -1)
+
+    @tf.function(input_signature=[tf.TensorSpec((None,) + shape, tf.float32),
+                                  tf.TensorSpec((None,) + y.shape[1:], tf.float32)])
+    def step(xb, yb):
+        assert kerntk.ntk.empirical.shareable_forward(model, xb[:2], "float32")
+        recorder = kerntk.ntk.empirical.ForwardNTK(model, outputs=outputs)
+        with recorder.recording():
+            model.train_step((xb, yb))  # Keras' own forward pass, then the update
+        return recorder.kernel()
+
+    K, f = step(x, y)
+    assert rel(K.numpy(), full if outputs == "full" else trace) < 1e-5
+    np.testing.assert_allclose(f.numpy(), f_before, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(model(x).numpy().reshape(4, -1), f_before)  # the step happened
+    assert "call" not in model.__dict__
+
+
+def test_shareable_forward_refuses_what_it_cannot_share(rng):
+    x = tf.constant(rng.standard_normal((2, 5)).astype("float32"))
+    dropout = keras.Sequential([keras.Input((5,)), NTKDense(4), keras.layers.Dropout(0.5),
+                                NTKDense(1)])
+    share = kerntk.ntk.empirical.shareable_forward
+    assert share(kerntk.models.fcn(2, 4, input_shape=(5,)), x, "float32")
+    assert not share(dropout, x, "float32")                       # training-dependent layer
+    assert not share(mixed_multi_output(), x, "float32")          # LayerNormalization weights
+    assert not share(kerntk.models.fcn(2, 4, input_shape=(5,)), x, "float64")  # other dtype
