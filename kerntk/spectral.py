@@ -26,7 +26,6 @@ with ``momentum=beta``, ``nesterov=False``) GD on a quadratic is stable iff
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from typing import Callable, NamedTuple, Optional
@@ -34,9 +33,11 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 import scipy.sparse.linalg as spla
 
+from kerntk._blas import single_threaded
+
 __all__ = ["EigenResult", "top_eigenpairs", "hessian_operator", "gauss_newton_operator",
            "hessian_top_eigenpairs",
-           "gauss_newton_top_eigenpairs", "critical_lr"]
+           "gauss_newton_top_eigenpairs", "critical_lr", "ntk_critical_lr"]
 
 _DENSE_MAX_N = 2000
 
@@ -94,29 +95,8 @@ def _fix_signs(v: np.ndarray) -> np.ndarray:
     return v * np.where(s == 0, 1.0, s)
 
 
-_SINGLE_THREAD_MAX_N = 1024
-_blas_controller = None
-
-
-def _small_blas(n: int):
-    """Single-threaded BLAS/LAPACK for small problems.
-
-    A multi-threaded OpenBLAS ``eigh`` of a 128 x 128 kernel took 30-100 ms instead of ~1 ms on a
-    2-core machine busy with TensorFlow's own threads (measured here): its threads spin against
-    TF's. Callbacks decompose such kernels every step, so small problems run on one thread.
-    """
-    global _blas_controller
-    if n > _SINGLE_THREAD_MAX_N:
-        return contextlib.nullcontext()
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=1, user_api="blas")
-
-
 def _dense(a: np.ndarray, k: int, which: str) -> EigenResult:
-    with _small_blas(a.shape[0]):
+    with single_threaded(a.shape[0]):
         theta, s = np.linalg.eigh(a)
         sel = _select(theta, k, which)
         lam, v = theta[sel], _fix_signs(s[:, sel])

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional
 import keras
 import numpy as np
 
+from kerntk._blas import single_threaded
 from kerntk.ntk._common import compute_dtype, resolve_dtype
 
 
@@ -63,6 +64,10 @@ class MeasuringCallback(keras.callbacks.Callback):
             raise ValueError(f"`schedule` must be a callable step -> bool; got {schedule!r}.")
         self.schedule = schedule
         self.measure_at_start = measure_at_start
+        # Without a step schedule the batch hook does nothing, so Keras may dispatch batch hooks
+        # asynchronously (it keeps them synchronous for any callback that is not async-safe).
+        self._step_scheduled = every_n_steps is not None or schedule is not None
+        self.async_safe = not self._step_scheduled
         self.history: Dict[str, List[float]] = {}
         self.latest: Dict[str, float] = {}
         self._last_step = 0
@@ -73,6 +78,13 @@ class MeasuringCallback(keras.callbacks.Callback):
         raise NotImplementedError
 
     # -- helpers
+    def _measure(self) -> Dict[str, float]:
+        # numpy's BLAS on one thread: OpenBLAS threads spin-wait after a call, and on a 2-core
+        # machine the next ~4 training steps ran 1.8x slower after a tracker measurement
+        # (measured here; see kerntk._blas).
+        with single_threaded():
+            return self.measure()
+
     @property
     def step(self) -> int:
         """Optimizer updates applied so far."""
@@ -105,7 +117,7 @@ class MeasuringCallback(keras.callbacks.Callback):
             raise ValueError(f"{type(self).__name__} needs a compiled model.")
         self._on_train_begin()
         if self.measure_at_start:
-            self._record(self.measure(), None)
+            self._record(self._measure(), None)
 
     def _on_train_begin(self) -> None:
         """Subclass hook run before the first measurement."""
@@ -114,15 +126,17 @@ class MeasuringCallback(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        if not self._step_scheduled:
+            return
         step = self.step
         if self._due_at_batch(step):
-            self._record(self.measure(), logs)
+            self._record(self._measure(), logs)
         self._last_step = step
 
     def on_epoch_end(self, epoch, logs=None):
         if self.every_n_epochs is not None and (epoch + 1) % self.every_n_epochs == 0 and (
                 not self.history.get("step") or self.history["step"][-1] != self.step):
-            self._record(self.measure(), logs)
+            self._record(self._measure(), logs)
         if logs is not None:
             logs.update(self.latest)
 
