@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple, Optional, Union
 
 import numpy as np
 
-__all__ = ["AGOPFactor", "agop", "egop", "alignment"]
+__all__ = ["AGOPFactor", "agop", "egop", "alignment", "alignment_fn"]
 
 
 class AGOPFactor(NamedTuple):
@@ -257,11 +257,90 @@ def alignment(G, G_star, metric: str = "cosine") -> float:
     a, b = _stats(G), _stats(G_star)
     if a[3] != b[3]:
         raise ValueError(f"The AGOPs have different dimensions d={a[3]} and d={b[3]}.")
-    ab, aa, bb = _inner(a, b), _inner(a, a), _inner(b, b)
+    return _from_inner(_inner(a, b), _inner(a, a), _inner(b, b), _entry_sum(a), _entry_sum(b),
+                       a[3], metric)
+
+
+def _from_inner(ab: float, aa: float, bb: float, sa: float, sb: float, d: int,
+                metric: str) -> float:
+    """The alignment from ``<G, G*>``, ``||G||^2``, ``||G*||^2`` and the entry sums."""
     if metric == "pearson":
-        d2 = float(a[3]) ** 2
-        sa, sb = _entry_sum(a), _entry_sum(b)
+        d2 = float(d) ** 2
         ab, aa, bb = ab - sa * sb / d2, aa - sa * sa / d2, bb - sb * sb / d2
     if aa <= 0 or bb <= 0:
         raise ValueError("Alignment is undefined for a zero (or, for pearson, constant) matrix.")
     return float(np.clip(ab / np.sqrt(aa * bb), -1.0, 1.0))
+
+
+def alignment_fn(model, x, reference: AGOPFactor, *, metrics=("cosine",),
+                 center: bool = False) -> Callable[[], dict]:
+    """A compiled, repeatable measurement of ``alignment(agop(model, x), reference)``.
+
+    For callbacks that measure the same probe many times: the input gradients ``F`` (as in
+    :func:`agop`), ``F F^T``, ``F B^T`` and ``F 1`` (with ``reference = B^T B / n*``) run in one
+    ``tf.function`` in the model's compute dtype, only four scalars reach the host (accumulated in
+    float64), and nothing ``d x d`` or ``n x d`` is copied. The reference's own norms are
+    computed once.
+
+    Args:
+        model: a Keras model (traced at the first call: in the dtype context of that call).
+        x: ``(n, ...)`` inputs, validated once here.
+        reference: the reference AGOP as an :class:`AGOPFactor` (same ``d``).
+        metrics: subset of ``("cosine", "pearson")``.
+        center: center the model's gradients per output (as ``agop(center=True)``).
+
+    Returns:
+        ``measure() -> {metric: alignment}``; it raises ``ValueError`` if the gradients are not
+        finite.
+    """
+    import tensorflow as tf
+
+    x = np.asarray(x)
+    if x.ndim < 1 or x.shape[0] == 0 or not np.all(np.isfinite(x.astype(np.float64))):
+        raise ValueError("`x` must be a non-empty, finite batch.")
+    if not isinstance(reference, AGOPFactor):
+        raise ValueError("`reference` must be an AGOPFactor.")
+    if any(m not in ("cosine", "pearson") for m in metrics):
+        raise ValueError(f"`metrics` must be a subset of ('cosine', 'pearson'); got {metrics!r}.")
+    b = _stats(reference)
+    d = b[3]
+    if int(np.prod(x.shape[1:])) != d:
+        raise ValueError(f"The inputs have d={int(np.prod(x.shape[1:]))} features, the "
+                         f"reference d={d}.")
+    bb, sb = _inner(b, b), _entry_sum(b)
+    n, nb = x.shape[0], b[2]
+    fn = _callable_and_dtype(model)[0]
+
+    @tf.function(autograph=False)
+    def inner_products(xt, B):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(xt)
+            out = tf.reshape(fn(xt), (n, -1))
+        c = out.shape[1]
+        # Cotangent e_o on every sample: the gradient of sum_i f_o(x_i) is grad f_o(x_i).
+        rows = [tf.reshape(tape.gradient(out, xt, output_gradients=tf.one_hot(
+            tf.fill([n], o), c, dtype=out.dtype), unconnected_gradients="zero"), (n, d))
+            for o in range(c)]
+        del tape
+        J = tf.stack(rows, axis=1)                                   # (n, c, d)
+        if center:
+            J = J - tf.reduce_mean(J, axis=0, keepdims=True)
+        F = tf.reshape(J, (-1, d))
+        sq = lambda t: tf.reduce_sum(tf.square(tf.cast(t, tf.float64)))
+        return (sq(tf.matmul(F, B, transpose_b=True)), sq(tf.matmul(F, F, transpose_b=True)),
+                sq(tf.reduce_sum(F, axis=1)), tf.reduce_all(tf.math.is_finite(F)))
+
+    inputs = {}
+
+    def measure() -> dict:
+        # Constants are made on first use, in the dtype the model computes in at that time.
+        if "x" not in inputs:
+            inputs["x"] = tf.constant(x, dtype=model.compute_dtype)
+            inputs["B"] = tf.constant(b[1], dtype=model.compute_dtype)
+        ab, aa, fs, finite = inner_products(inputs["x"], inputs["B"])
+        if not bool(finite):
+            raise ValueError("The input gradients contain NaN or inf.")
+        ab, aa, sa = float(ab) / (n * nb), float(aa) / n ** 2, float(fs) / n
+        return {m: _from_inner(ab, aa, bb, sa, sb, d, m) for m in metrics}
+
+    return measure

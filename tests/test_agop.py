@@ -129,3 +129,30 @@ def test_alignment_from_random_factors_matches_matrices(d):
         assert abs(got - ref) < 1e-12
     assert abs(ag.alignment(G, Gs) - np.sum(G * Gs) / np.linalg.norm(G) / np.linalg.norm(Gs)) \
         < 1e-12
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_alignment_fn_matches_agop_then_alignment(center):
+    rng = np.random.default_rng(3)
+    model = kerntk.models.fcn(3, 32, 2, input_shape=(4, 3))  # c = 2 outputs, d = 12
+    x = rng.standard_normal((20, 4, 3)).astype("float32")
+    reference = ag.AGOPFactor(rng.standard_normal((5, 12)), 7)
+    measure = ag.alignment_fn(model, x, reference, metrics=("cosine", "pearson"), center=center)
+    G = ag.agop(model, x, center=center)                            # d x d matrix path
+    for metric in ("cosine", "pearson"):
+        expected = ag.alignment(G, reference.matrix(), metric=metric)
+        np.testing.assert_allclose(measure()[metric], expected, rtol=1e-5)
+    model.layers[-1].kernel.assign(model.layers[-1].kernel * 0.5 + 0.1)  # new weights, same fn
+    expected = ag.alignment(ag.agop(model, x, center=center), reference.matrix())
+    np.testing.assert_allclose(measure()["cosine"], expected, rtol=1e-5)
+
+
+def test_alignment_fn_bad_input():
+    model = kerntk.models.fcn(2, 8, input_shape=(3,))
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="AGOPFactor"):
+        ag.alignment_fn(model, x, np.eye(3))
+    with pytest.raises(ValueError, match="features"):
+        ag.alignment_fn(model, x, ag.AGOPFactor(np.ones((2, 5)), 2))
+    with pytest.raises(ValueError, match="finite"):
+        ag.alignment_fn(model, np.full((4, 3), np.nan), ag.AGOPFactor(np.ones((2, 3)), 2))
