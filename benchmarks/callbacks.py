@@ -14,12 +14,16 @@ Each fit uses a fresh model (same seed); the first epoch (tracing, warm-up, base
 measurements at train begin) is excluded. Configurations are interleaved (plain, tracker,
 monitor, agop, plain, ...) so the ratios see the same machine load.
 
+Input: by default a shuffled, repeated ``tf.data`` pipeline over the 1,024 samples with
+``steps_per_epoch=8``. With ``fit(x, y)`` on numpy arrays (``--input=numpy``) Keras rebuilds the
+data iterator every epoch and, at random, about half of the epochs start with a ~110 ms stall
+(plain fit: 0.20 or 0.31 s/epoch, measured here; GC off changes nothing, a single repeated
+iterator removes it): that noise is the size of the effects measured, and a stall the callbacks
+happen to overlap makes them look cheaper. The repeated pipeline measures the per-step costs.
+
 Fit time is a sum over epochs, so the verdict uses the **mean** epoch time over all measured
 epochs of all repeats (a per-epoch median would hide the tracker, which fires on 4 of every 5
-epochs). The shared 2-core machines here are bimodal: whole epochs run ~1.5x slower at random
-(plain fit: ~0.20 or ~0.31 s/epoch, seen with numpy and cached tf.data input alike), so a median
-over few repeats flips between modes; means over many interleaved epochs average the mixture.
-The table also gives the fastest epoch of each configuration (the quiet mode) and its ratio.
+epochs). The table also gives the fastest epoch of each configuration and its ratio.
 
     python benchmarks/callbacks.py            # 6 epochs x 5 repeats
     python benchmarks/callbacks.py --quick    # 3 epochs x 1 repeat (smoke run)
@@ -46,6 +50,9 @@ flags.DEFINE_integer("tracker_every", 10, "NTKSpectrumTracker every_n_steps.")
 flags.DEFINE_float("lr", 0.01, "SGD learning rate.")
 flags.DEFINE_list("configs", ["plain", "tracker", "monitor", "agop"], "Configurations to time.")
 flags.DEFINE_bool("quick", False, "Short smoke run: 3 epochs, 1 repeat.")
+flags.DEFINE_enum("input", "dataset", ["dataset", "numpy"],
+                  "dataset: a shuffled, repeated tf.data pipeline with steps_per_epoch (one "
+                  "iterator per fit); numpy: fit(x, y) (Keras rebuilds the iterator each epoch).")
 
 D = 3072
 TARGETS = {"tracker": 1.15, "monitor": 2.0, "agop": 1.10}
@@ -101,8 +108,18 @@ def _fit(config, x, y, probe_x, probe_y, reference) -> dict:
     model.compile(optimizer=keras.optimizers.SGD(FLAGS.lr), loss="mse")
     clock = _EpochClock()
     callbacks = _callbacks(config, x, y, probe_x, probe_y, reference)
-    model.fit(x, y, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, shuffle=True, verbose=0,
-              callbacks=callbacks + [clock.callback])
+    steps = -(-FLAGS.n // FLAGS.batch_size)
+    if FLAGS.input == "numpy":
+        model.fit(x, y, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, shuffle=True,
+                  verbose=0, callbacks=callbacks + [clock.callback])
+    else:
+        import tensorflow as tf
+
+        # One iterator for the whole fit: no per-epoch iterator rebuild (see the docstring).
+        data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(FLAGS.n, seed=0).batch(
+            FLAGS.batch_size).repeat()
+        model.fit(data, steps_per_epoch=steps, epochs=FLAGS.epochs, verbose=0,
+                  callbacks=callbacks + [clock.callback])
     return {"epochs": clock.epochs(), "jit": bool(model.jit_compile)}
 
 
@@ -138,7 +155,7 @@ def main(argv):
     base = statistics.mean(times["plain"]) if "plain" in times else None
     base_min = min(times["plain"]) if "plain" in times else None
     print(f"\nfcn(5, 1024), d={D}, n={FLAGS.n}, batch {FLAGS.batch_size} ({steps} steps/epoch), "
-          f"SGD; {FLAGS.epochs} epochs (first excluded) x {FLAGS.repeats} repeats; "
+          f"SGD, {FLAGS.input} input; {FLAGS.epochs} epochs (first excluded) x {FLAGS.repeats} repeats; "
           f"TF {tf.__version__}, {os.cpu_count()} CPU cores\n")
     print("| configuration | jit_compile | s/epoch: mean | median | fastest | ratio of means | "
           "ratio of fastest | target (on the mean) |")
