@@ -247,17 +247,18 @@ def test_agop_logger_matches_the_matrix_alignment_for_low_rank_and_full_rank_ref
             assert logger.history[key][-1] == pytest.approx(expected, rel=1e-6)  # float32 grads
 
 
-def _replay(model, x, y, batch_size, lr, steps):
+def _replay(model, x, y, batch_size, lr, steps, probe=None):
     """Independent reference: the same SGD steps one ``train_on_batch`` at a time, measuring
-    ``eta_crit`` of each batch with the host engine (brute-force eigenvalues) and the batch
-    loss before/after with ``predict``."""
+    ``eta_crit`` of each batch (or of ``probe``) with the host engine (brute-force eigenvalues)
+    and its loss before/after the step with ``predict``."""
     out = {"eta_crit": [], "monitor_loss": [], "loss_after": []}
     batches = [(x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, len(x), batch_size)]
     for t in range(steps):
         xb, yb = batches[t % len(batches)]
-        K = kerntk.ntk.empirical_ntk(model, xb, outputs="full", method="jacobian")
-        out["eta_crit"].append(len(xb) / np.linalg.eigvalsh(K)[-1])
-        loss = lambda: float(np.mean((model.predict(xb, verbose=0).astype(np.float64) - yb) ** 2))
+        xm, ym = probe if probe is not None else (xb, yb)
+        K = kerntk.ntk.empirical_ntk(model, xm, outputs="full", method="jacobian")
+        out["eta_crit"].append(len(xm) / np.linalg.eigvalsh(K)[-1])
+        loss = lambda: float(np.mean((model.predict(xm, verbose=0).astype(np.float64) - ym) ** 2))
         out["monitor_loss"].append(loss())
         model.train_on_batch(xb, yb)
         out["loss_after"].append(loss())
@@ -305,3 +306,42 @@ def test_monitor_rejects_a_model_that_couples_the_batch(method):
         model.fit(x, x[:, :1], batch_size=8, epochs=1, verbose=0,
                   callbacks=[CriticalLRMonitor(method=method)])
     assert "train_step" not in model.__dict__  # the hook was removed on the error
+
+
+def _replay_setting(spe):
+    x = _sphere(20, 5, 11)
+    y = np.sin(3 * x[:, :1]).astype("float32")
+
+    def model():
+        m = kerntk.models.fcn(2, 48, input_shape=(5,), seed=2)
+        m.compile(optimizer=keras.optimizers.SGD(0.3), loss="mse", steps_per_execution=spe)
+        return m
+
+    return x, y, model
+
+
+def test_monitor_on_a_fixed_probe_matches_the_replay():
+    x, y, model = _replay_setting(1)
+    probe = (_sphere(6, 5, 12), _sphere(6, 5, 13)[:, :1])
+    monitor = CriticalLRMonitor(probe=probe)
+    model().fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
+    reference = _replay(model(), x, y, 8, 0.3, 6, probe=probe)
+    for key in reference:
+        np.testing.assert_allclose(monitor.history[key], reference[key], rtol=2e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("spe", [1, 2])
+def test_gauss_newton_estimate_equals_the_ntk_one_for_mse(spe):
+    # For Keras MSE the Gauss-Newton matrix is (2 / (n c)) J^T J: 2 / lambda_max(GN) is
+    # n c / lambda_max(K). Lanczos runs on the host at the weights of a block's first step.
+    x, y, model = _replay_setting(spe)
+    monitor = CriticalLRMonitor(estimate="gauss_newton")
+    model().fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
+    reference = _replay(model(), x, y, 8, 0.3, 6)
+    # Blocks of spe steps restart at each epoch (3 batches per epoch): with spe=2 they start at
+    # steps 0, 2 | 3, 5.
+    steps = [0, 1, 2, 3, 4, 5] if spe == 1 else [0, 2, 3, 5]
+    assert monitor.history["step"] == steps
+    for key in reference:
+        np.testing.assert_allclose(monitor.history[key], [reference[key][t] for t in steps],
+                                   rtol=1e-4, err_msg=key)
