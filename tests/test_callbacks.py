@@ -345,3 +345,27 @@ def test_gauss_newton_estimate_equals_the_ntk_one_for_mse(spe):
     for key in reference:
         np.testing.assert_allclose(monitor.history[key], [reference[key][t] for t in steps],
                                    rtol=1e-4, err_msg=key)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _RaiseAtStep(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 1:
+            raise _Interrupt()
+
+
+def test_a_fit_interrupted_by_another_callback_leaves_no_double_hook():
+    # Keras skips on_train_end when fit raises; the next monitored fit replaces the stale wrapper.
+    x, y, make = _replay_setting(1)
+    model = make()
+    with pytest.raises(_Interrupt):
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[CriticalLRMonitor(), _RaiseAtStep()])
+    assert "train_step" in model.__dict__  # the stale wrapper
+    monitor = CriticalLRMonitor()
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[monitor])
+    assert monitor.history["step"] == [2, 3, 4]  # one record per step: not wrapped twice
+    assert "train_step" not in model.__dict__

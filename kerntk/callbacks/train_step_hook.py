@@ -43,7 +43,12 @@ class TrainStepHook:
         if self._model is not None:
             raise RuntimeError("TrainStepHook is already installed.")
         self._model = model
-        self._had_instance_step = "train_step" in model.__dict__
+        # A wrapper left by a fit that was interrupted (Keras skips on_train_end then) is
+        # replaced, not wrapped again: one hooked callback per model.
+        stale = getattr(model.__dict__.get("train_step"), "_kerntk_hook", None)
+        if stale is not None:
+            stale.uninstall()
+        self._instance_step = model.__dict__.get("train_step")  # a user's own, if any
         self._jit = model.jit_compile
         original = model.train_step
 
@@ -57,7 +62,11 @@ class TrainStepHook:
 
             tf.numpy_function(store, [record[k] for k in keys], [], stateful=True)
 
-        model.train_step = lambda data: body(data, original, push)
+        def train_step(data):
+            return body(data, original, push)
+
+        train_step._kerntk_hook = self
+        model.train_step = train_step
         if self._jit:
             model.jit_compile = False
         model.make_train_function(force=True)
@@ -66,8 +75,10 @@ class TrainStepHook:
         model, self._model = self._model, None
         if model is None:
             return
-        if not self._had_instance_step:
+        if self._instance_step is None:
             del model.train_step
+        else:
+            model.train_step = self._instance_step
         model.jit_compile = self._jit
         model.train_function = None  # the next fit builds a plain one
         self._records = []
