@@ -299,7 +299,7 @@ class _BatchCenter(keras.layers.Layer):
 def test_monitor_rejects_a_model_that_couples_the_batch(method):
     model = keras.Sequential([keras.Input((4,)), _BatchCenter(name="center"),
                               kerntk.layers.NTKDense(16, activation="relu"),
-                              kerntk.layers.NTKDense(1)])
+                              kerntk.layers.NTKDense(1)], name="two_pass")
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     x = np.random.default_rng(0).standard_normal((8, 4)).astype("float32")
     with pytest.raises(ValueError, match="independent examples"):
@@ -369,3 +369,37 @@ def test_a_fit_interrupted_by_another_callback_leaves_no_double_hook():
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[monitor])
     assert monitor.history["step"] == [2, 3, 4]  # one record per step: not wrapped twice
     assert "train_step" not in model.__dict__
+
+
+class _TwoPassModel(keras.Sequential):
+    """A custom train step that calls the model twice (the loss of the mean of two passes)."""
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            pred = (self(x, training=True) + self(x, training=True)) / 2
+            loss = keras.ops.mean((pred - y) ** 2)
+        grads = tape.gradient(loss, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+        return {"loss": loss}
+
+
+def test_monitor_with_a_custom_train_step_matches_the_replay():
+    # The NTK cannot share a custom step's forward passes: the separate in-graph NTK is used.
+    x, y, _ = _replay_setting(1)
+
+    def model():
+        m = _TwoPassModel([keras.Input((5,)), kerntk.layers.NTKDense(32, activation="relu"),
+                           kerntk.layers.NTKDense(1)], name="two_pass")
+        m.set_weights([np.random.default_rng(i).standard_normal(w.shape).astype("float32")
+                       for i, w in enumerate(m.get_weights())])
+        m.compile(optimizer=keras.optimizers.SGD(0.3), loss="mse")
+        return m
+
+    monitor = CriticalLRMonitor()
+    model().fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
+    reference = _replay(model(), x, y, 8, 0.3, 6)
+    for key in reference:
+        np.testing.assert_allclose(monitor.history[key], reference[key], rtol=2e-5, err_msg=key)

@@ -112,7 +112,8 @@ class CriticalLRMonitor(keras.callbacks.Callback):
           the measurement is traced into the compiled step, next to the update: the NTK at
           ``w_t`` (sharing Keras' own forward pass when the model allows it: no Dropout,
           BatchNormalization or other ``training``-dependent layers, no mixed precision, every
-          trainable variable in a factorizable layer; otherwise a separate NTK pass), its top
+          trainable variable in a factorizable layer, Keras' own ``train_step``, which calls the
+          model once; otherwise a separate NTK pass), its top
           eigenvalue, and the batch loss before and after the update. Cost per measured step
           on the benchmark fcn: about 0.7 of a training step (``benchmarks/callbacks.py``).
         * With ``steps_per_execution = k > 1`` every due step of a block is measured
@@ -291,7 +292,8 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             logs = train_step(data)
             self._when_due(due, after)
             return logs
-        shared = self.probe is None and self._replicas == 1 and self.method != "jacobian"
+        shared = (self.probe is None and self._replicas == 1 and self.method != "jacobian"
+                  and self._hook.keras_default_step)
         if shared:
             shared = ntk.empirical.shareable_forward(model, xm[:2], self._dtype)
         if shared:

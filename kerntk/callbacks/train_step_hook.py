@@ -31,6 +31,7 @@ class TrainStepHook:
         self._lock = threading.Lock()
         self._records: List[Dict[str, np.ndarray]] = []
         self._model = None
+        self.keras_default_step = False
 
     @staticmethod
     def replica() -> tf.Tensor:
@@ -50,6 +51,10 @@ class TrainStepHook:
             stale.uninstall()
         self._instance_step = model.__dict__.get("train_step")  # a user's own, if any
         self._jit = model.jit_compile
+        # Whether the step is Keras' own (one forward pass of the model, then the update): a
+        # custom step may call the model several times, or not at all.
+        self.keras_default_step = self._instance_step is None and getattr(
+            type(model).train_step, "__qualname__", "") == "TensorFlowTrainer.train_step"
         original = model.train_step
 
         def push(record: Dict[str, tf.Tensor]) -> None:
