@@ -50,6 +50,8 @@ flags.DEFINE_integer("tracker_every", 10, "NTKSpectrumTracker every_n_steps.")
 flags.DEFINE_float("lr", 0.01, "SGD learning rate.")
 flags.DEFINE_list("configs", ["plain", "tracker", "monitor", "agop"], "Configurations to time.")
 flags.DEFINE_bool("quick", False, "Short smoke run: 3 epochs, 1 repeat.")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
+                  "jit_compile of model.compile (Keras' auto is off on CPU, on on GPU).")
 flags.DEFINE_enum("input", "dataset", ["dataset", "numpy"],
                   "dataset: a shuffled, repeated tf.data pipeline with steps_per_epoch (one "
                   "iterator per fit); numpy: fit(x, y) (Keras rebuilds the iterator each epoch).")
@@ -105,7 +107,8 @@ def _fit(config, x, y, probe_x, probe_y, reference) -> dict:
 
     keras.utils.clear_session()
     model = kerntk.models.fcn(5, 1024, input_shape=(D,), seed=0)
-    model.compile(optimizer=keras.optimizers.SGD(FLAGS.lr), loss="mse")
+    jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
+    model.compile(optimizer=keras.optimizers.SGD(FLAGS.lr), loss="mse", jit_compile=jit)
     clock = _EpochClock()
     callbacks = _callbacks(config, x, y, probe_x, probe_y, reference)
     steps = -(-FLAGS.n // FLAGS.batch_size)

@@ -403,3 +403,30 @@ def test_monitor_with_a_custom_train_step_matches_the_replay():
     reference = _replay(model(), x, y, 8, 0.3, 6)
     for key in reference:
         np.testing.assert_allclose(monitor.history[key], reference[key], rtol=2e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_monitor_keeps_xla_jit_compile_and_matches_the_replay(every):
+    # estimate="ntk" records scalars through a device-side buffer: no host callback in the step.
+    x, y, _ = _replay_setting(1)
+
+    def model(jit):
+        m = kerntk.models.fcn(2, 48, input_shape=(5,), seed=2)
+        m.compile(optimizer=keras.optimizers.SGD(0.3), loss="mse", jit_compile=jit,
+                  steps_per_execution=2)
+        return m
+
+    class JitSeen(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.jit = self.model.jit_compile
+
+    monitor, seen = CriticalLRMonitor(every_n_steps=every), JitSeen()
+    model(True).fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+                    callbacks=[monitor, seen])
+    assert seen.jit is True
+    reference = _replay(model(False), x, y, 8, 0.3, 6)
+    steps = list(range(0, 6, every))
+    assert monitor.history["step"] == steps
+    for key in reference:
+        np.testing.assert_allclose(monitor.history[key], [reference[key][t] for t in steps],
+                                   rtol=1e-4, err_msg=key)

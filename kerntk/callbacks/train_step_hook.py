@@ -4,19 +4,21 @@ Keras gives callbacks no access to the data of a step, nor to the weights a step
 :class:`TrainStepHook` replaces ``model.train_step`` by ``body(data, step, push)``, traced into
 the compiled train function: ``step(data)`` runs the original step and returns its logs, and
 ``push(record)`` (a dict of tensors, called inside ``body``, possibly under ``tf.cond``) sends a
-record to the host through ``tf.numpy_function``. Everything a measurement needs (the batch, the
+record to the host. Everything a measurement needs (the batch, the
 weights before and after the update) is thus at hand in the graph, and nothing is copied or
 swapped on the host.
 
 Under a ``tf.distribute`` strategy ``body`` runs once per replica; :meth:`TrainStepHook.replica`
 gives the replica id so that the measurement runs on replica 0 only. XLA cannot compile host
-callbacks, so ``jit_compile`` is off while the hook is installed (restored afterwards).
+callbacks: records of scalars can instead go through a device-side buffer (``fields``), which
+keeps ``jit_compile`` (nor would a TPU run a host callback); otherwise ``jit_compile`` is off
+while the hook is installed (restored afterwards).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence
 
 import keras
 import numpy as np
@@ -40,7 +42,13 @@ class TrainStepHook:
         replica = context.replica_id_in_sync_group if context is not None else 0
         return tf.cast(replica, tf.int32)
 
-    def install(self, model: keras.Model, body: Callable) -> None:
+    def install(self, model: keras.Model, body: Callable,
+                fields: Optional[Sequence[str]] = None) -> None:
+        """Installs ``body`` as the train step. With ``fields`` (names of scalar record entries,
+        ``"step"`` among them) records go through a device-side buffer that the host reads
+        after each execution: no host callback in the step, so XLA ``jit_compile`` keeps
+        working. Without, records of any shape go through ``tf.numpy_function`` and
+        ``jit_compile`` is off while installed."""
         if self._model is not None:
             raise RuntimeError("TrainStepHook is already installed.")
         self._model = model
@@ -56,25 +64,60 @@ class TrainStepHook:
         self.keras_default_step = self._instance_step is None and getattr(
             type(model).train_step, "__qualname__", "") == "TensorFlowTrainer.train_step"
         original = model.train_step
-
-        def push(record: Dict[str, tf.Tensor]) -> None:
-            keys = sorted(record)
-
-            def store(*arrays):
-                with self._lock:
-                    self._records.append({k: np.asarray(a) for k, a in zip(keys, arrays)})
-                return []
-
-            tf.numpy_function(store, [record[k] for k in keys], [], stateful=True)
+        self._buffer = None
+        if fields is None:
+            push = self._host_push
+            if self._jit:
+                model.jit_compile = False
+        else:
+            push = self._buffer_push(model, list(fields))
 
         def train_step(data):
             return body(data, original, push)
 
         train_step._kerntk_hook = self
         model.train_step = train_step
-        if self._jit:
-            model.jit_compile = False
         model.make_train_function(force=True)
+
+    def _host_push(self, record: Dict[str, tf.Tensor]) -> None:
+        keys = sorted(record)
+
+        def store(*arrays):
+            with self._lock:
+                self._records.append({k: np.asarray(a) for k, a in zip(keys, arrays)})
+            return []
+
+        tf.numpy_function(store, [record[k] for k in keys], [], stateful=True)
+
+    def _buffer_push(self, model: keras.Model, fields: List[str]) -> Callable:
+        """A ``push`` writing scalar records into row ``step % k`` of a ``(k, fields)`` float64
+        buffer, ``k = steps_per_execution`` (the steps between two host reads)."""
+        if "step" not in fields:
+            raise ValueError("A buffered record needs a 'step' field.")
+        k = max(1, int(model.steps_per_execution or 1))
+        init = np.full((k, len(fields)), np.nan)
+        init[:, fields.index("step")] = -1.0
+        strategy = model.distribute_strategy
+        with strategy.scope():
+            # One copy per replica; the host reads the first replica's (which measures).
+            sync = {} if strategy.num_replicas_in_sync == 1 else dict(
+                synchronization=tf.VariableSynchronization.ON_READ,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self._buffer = tf.Variable(init, trainable=False, dtype=tf.float64, **sync)
+        self._fields, self._last_step = fields, -1.0
+
+        def push(record: Dict[str, tf.Tensor]) -> None:
+            row = tf.cast(record["step"], tf.int64) % k
+            keys = sorted(record)
+            indices = tf.stack([tf.stack([row, tf.constant(fields.index(key), tf.int64)])
+                                for key in keys])
+            updates = tf.stack([tf.cast(tf.reshape(record[key], ()), tf.float64)
+                                for key in keys])
+            # Read-modify-assign: sync-on-read (per-replica) variables have no scatter update.
+            self._buffer.assign(tf.tensor_scatter_nd_update(
+                tf.identity(self._buffer), indices, updates))
+
+        return push
 
     def uninstall(self) -> None:
         model, self._model = self._model, None
@@ -86,9 +129,16 @@ class TrainStepHook:
             model.train_step = self._instance_step
         model.jit_compile = self._jit
         model.train_function = None  # the next fit builds a plain one
-        self._records = []
+        self._records, self._buffer = [], None
 
     def pop(self) -> List[Dict[str, np.ndarray]]:
+        if self._buffer is not None:
+            rows = self._buffer.numpy()
+            step = self._fields.index("step")
+            new = sorted((r for r in rows if r[step] > self._last_step), key=lambda r: r[step])
+            if new:
+                self._last_step = new[-1][step]
+            return [dict(zip(self._fields, r)) for r in new]
         with self._lock:
             records, self._records = self._records, []
         return records

@@ -619,12 +619,15 @@ def _cached_kernel_fn(model, method, outputs, dtype, training, cross, jit):
     return cache[key]
 
 
-def _mixes_batch(first_rows: np.ndarray, probe: np.ndarray, dtype: str) -> bool:
-    """Whether f(x[:m]) differs from f(x)[:m] beyond round-off."""
-    scale = max(float(np.max(np.abs(first_rows))), float(np.max(np.abs(probe))), 1e-30)
+def mixes_batch(first_rows, probe, dtype: str) -> tf.Tensor:
+    """Whether ``f(x[:m])`` (``probe``) differs from ``f(x)[:m]`` (``first_rows``) beyond
+    round-off, or is not finite: the model couples the examples of a batch. A bool tensor
+    (works in a graph and eagerly on arrays)."""
+    a = tf.cast(first_rows, tf.float64)
+    b = tf.cast(probe, tf.float64)
+    scale = tf.maximum(tf.maximum(tf.reduce_max(tf.abs(a)), tf.reduce_max(tf.abs(b))), 1e-30)
     rtol = 1e-9 if dtype == "float64" else 1e-4
-    return bool(np.max(np.abs(first_rows - probe)) > rtol * scale) or \
-        not np.all(np.isfinite(probe))
+    return (tf.reduce_max(tf.abs(a - b)) > rtol * scale) | ~tf.reduce_all(tf.math.is_finite(b))
 
 
 def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
@@ -753,7 +756,7 @@ def _tiled(model, x, method, outputs, dt, training, bs, jit_compile):
         rs = slice(s * reps, min(s + bs, n) * reps)
         blk, out, probe = _cached_kernel_fn(model, method, outputs, dt, training, False, jit)(xs)
         out = out.numpy()
-        if check and a == 0 and _mixes_batch(out[:probe.shape[0]], probe.numpy(), dt):
+        if check and a == 0 and bool(mixes_batch(out[:probe.shape[0]], probe, dt)):
             raise _BatchCoupled()
         outs.append(out)
         K[rs, rs] = blk.numpy()
