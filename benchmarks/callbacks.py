@@ -158,7 +158,8 @@ def main(argv):
     base = statistics.mean(times["plain"]) if "plain" in times else None
     base_min = min(times["plain"]) if "plain" in times else None
     print(f"\nfcn(5, 1024), d={D}, n={FLAGS.n}, batch {FLAGS.batch_size} ({steps} steps/epoch), "
-          f"SGD, {FLAGS.input} input; {FLAGS.epochs} epochs (first excluded) x {FLAGS.repeats} repeats; "
+          f"SGD, {FLAGS.input} input; {FLAGS.epochs} epochs (first excluded) x "
+          f"{FLAGS.repeats} repeats; "
           f"TF {tf.__version__}, {os.cpu_count()} CPU cores\n")
     print("| configuration | jit_compile | s/epoch: mean | median | fastest | ratio of means | "
           "ratio of fastest | target (on the mean) |")

@@ -518,7 +518,8 @@ class ForwardNTK:
             self._tape = tf.GradientTape(persistent=True)
             with self._tape:
                 out = bound(*args, **kwargs)
-                parts = [tf.reshape(o, (-1, int(np.prod(o.shape[1:])))) for o in tf.nest.flatten(out)]
+                parts = [tf.reshape(o, (-1, int(np.prod(o.shape[1:]))))
+                         for o in tf.nest.flatten(out)]
                 self._out = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
                 cols = (range(self._out.shape[1]) if isinstance(self.outputs, str)
                         else [self.outputs])
