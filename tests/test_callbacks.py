@@ -295,16 +295,19 @@ class _BatchCenter(keras.layers.Layer):
         return x - keras.ops.mean(x, axis=0, keepdims=True)
 
 
-@pytest.mark.parametrize("method", ["auto", "jacobian"])
-def test_monitor_rejects_a_model_that_couples_the_batch(method):
+@pytest.mark.parametrize("method,every,resume", [("auto", 1, False), ("jacobian", 1, False),
+                                                 ("auto", 2, True)])
+def test_monitor_rejects_a_model_that_couples_the_batch(method, every, resume):
     model = keras.Sequential([keras.Input((4,)), _BatchCenter(name="center"),
                               kerntk.layers.NTKDense(16, activation="relu"),
-                              kerntk.layers.NTKDense(1)], name="two_pass")
+                              kerntk.layers.NTKDense(1)])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     x = np.random.default_rng(0).standard_normal((8, 4)).astype("float32")
+    if resume:  # the monitored fit starts at step 1: its first measured step is 2
+        model.fit(x, x[:, :1], batch_size=8, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="independent examples"):
-        model.fit(x, x[:, :1], batch_size=8, epochs=1, verbose=0,
-                  callbacks=[CriticalLRMonitor(method=method)])
+        model.fit(x, x[:, :1], batch_size=8, epochs=3, verbose=0,
+                  callbacks=[CriticalLRMonitor(method=method, every_n_steps=every)])
     assert "train_step" not in model.__dict__  # the hook was removed on the error
 
 

@@ -307,9 +307,9 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         if shared:
             # The NTK shares the forward pass of Keras' own step (no NTK forward of its own).
             recorder = ntk.empirical.ForwardNTK(model, outputs="full")
-            # Batch coupling is a property of the model: checked on the first step only (its
-            # 2-row forward pass reads every weight: ~10% of a step of the benchmark fcn).
-            self._when(due & tf.equal(iteration, self._first_step),
+            # Batch coupling is a property of the model: checked on the first measured step
+            # only (its 2-row forward pass reads every weight: ~10% of a step of the fcn).
+            self._when(due & (iteration < self._first_step + self.every_n_steps),
                        lambda: coupling(self._outputs(xm), self._outputs(xm[:2])))
             with recorder.recording():
                 logs = train_step(data)
