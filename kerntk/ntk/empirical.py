@@ -59,6 +59,14 @@ positions (1 for a Dense layer on 2-D input). Costs are for ``outputs="trace"``;
 ``block_size`` computes ``K`` in ``block_size x block_size`` tiles (the upper triangle, then
 mirrored): the memory of every method then depends on ``block_size`` instead of ``n``, at the
 price of ``ceil(n / block_size)`` passes per tile row. Tiles need independent examples.
+
+Inside a compiled training step
+-------------------------------
+:func:`kernel_fn` is the same kernel as a traceable function (the batch size may be unknown at
+trace time). :class:`ForwardNTK` computes the structured kernel from a forward pass the caller
+runs anyway, e.g. Keras' own ``train_step``: only the ``c`` backward passes to the
+pre-activations and the per-layer Grams remain (``CriticalLRMonitor`` measures the batch NTK of
+every step this way); :func:`shareable_forward` says when that is valid.
 """
 
 from __future__ import annotations
