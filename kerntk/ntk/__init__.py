@@ -4,6 +4,8 @@
   (:mod:`kerntk.ntk.empirical`: conventions and the cost of each method).
 * :func:`ntk_operator` — the matrix-free ``K @ v`` as a scipy ``LinearOperator``.
 * :mod:`kerntk.ntk.analytic` — infinite-width NTK/NNGP and NTK-regime kernel regression.
+* Inside a compiled training step: :func:`kerntk.ntk.empirical.kernel_fn` and
+  :class:`kerntk.ntk.empirical.ForwardNTK` (the NTK from the step's own forward pass).
 """
 
 from kerntk.ntk import analytic

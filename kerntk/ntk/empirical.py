@@ -74,7 +74,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import keras
 import numpy as np
@@ -546,7 +546,7 @@ class ForwardNTK:
             else:
                 object.__setattr__(model, "call", previous)
 
-    def kernel(self):
+    def kernel(self) -> Tuple[tf.Tensor, tf.Tensor]:
         """``(K, f)``: the float64 NTK (layout of ``outputs``) and the recorded outputs."""
         if self._tape is None:
             raise ValueError("Nothing recorded: call the model inside `recording()` first.")
