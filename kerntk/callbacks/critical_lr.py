@@ -17,7 +17,7 @@ import tensorflow as tf
 from kerntk import ntk, spectral
 from kerntk.callbacks.base import check_probe
 from kerntk.callbacks.train_step_hook import TrainStepHook
-from kerntk.ntk._common import compute_dtype, resolve_dtype
+from kerntk.ntk._common import compute_dtype, forward, read_values, resolve_dtype
 
 ESTIMATES = ("ntk", "hessian", "gauss_newton")
 
@@ -227,9 +227,8 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         """``f(x)`` (n, c) float64 at the variables' current values (traced, inference mode,
         float32 or wider)."""
         with compute_dtype(self.model, self._dtype):
-            out = self.model(x, training=False)
-        return tf.concat([tf.reshape(tf.cast(o, tf.float64), (-1, int(np.prod(o.shape[1:]))))
-                          for o in tf.nest.flatten(out)], axis=1)
+            vals, ntvals = read_values(self.model)
+            return tf.cast(forward(self.model, vals, ntvals, x, False, self._dtype), tf.float64)
 
     def _mean_loss(self, y, f) -> tf.Tensor:
         """The monitored loss of outputs ``f`` (float64, traced)."""

@@ -113,8 +113,15 @@ def forward(model: keras.Model, trainable_values: List[tf.Tensor],
     """``f(w; x)`` through ``model.stateless_call`` (no state update), every output flattened and
     concatenated to ``(n, c)`` in ``dtype`` (output ``k`` is column ``k``)."""
     out, _ = model.stateless_call(trainable_values, non_trainable_values, x, training=training)
-    parts = [tf.reshape(tf.cast(o, dtype), (-1, int(np.prod(o.shape[1:]))))
-             for o in tf.nest.flatten(out)]
+    return flatten_outputs(out, dtype)
+
+
+def flatten_outputs(out, dtype=None) -> tf.Tensor:
+    """A model's outputs (any nest) as one ``(n, c)`` tensor: each output flattened per example,
+    concatenated in ``tf.nest`` order (output ``k`` is column ``k``); cast to ``dtype`` if
+    given."""
+    parts = [tf.reshape(o if dtype is None else tf.cast(o, dtype),
+                        (-1, int(np.prod(o.shape[1:])))) for o in tf.nest.flatten(out)]
     return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
 
 

@@ -83,8 +83,8 @@ from keras import ops
 
 from kerntk.layers import BaseNTKConv, NTKDense
 from kerntk.ntk._common import (_FLOATS, batch_mixing_layers, check_inputs, check_outputs,
-                                compute_dtype, count_outputs, forward, read_values,
-                                resolve_dtype)
+                                compute_dtype, count_outputs, flatten_outputs, forward,
+                                read_values, resolve_dtype)
 
 __all__ = ["empirical_ntk", "kernel_fn", "ForwardNTK", "shareable_forward"]
 
@@ -344,6 +344,12 @@ def _site_kernel(site: _Site, D: tf.Tensor, n1: int, cross: bool, full: bool) ->
 # --------------------------------------------------------------------------------------------
 
 
+def _columns(out: tf.Tensor, outputs) -> List[int]:
+    """The output columns of ``out`` (n, c) that enter the kernel: all of them for ``"trace"``
+    and ``"full"``, one for an int ``outputs``."""
+    return list(range(out.shape[1])) if isinstance(outputs, str) else [outputs]
+
+
 def _coverage(sites: List[_Site], n_vars: int):
     """``(active, rest)``: the sites called exactly once by the traced forward pass, and the
     indices of the trainable variables they do not cover."""
@@ -386,7 +392,7 @@ def _kernel_graph(model: keras.Model, x1: tf.Tensor, x2: Optional[tf.Tensor], me
                 out = forward(model, vals, ntvals, x, training, dtype)
                 # Targets are recorded on the tape: the sums give the cotangents D, the
                 # selected columns the batched Jacobian.
-                cols = list(range(out.shape[1])) if isinstance(outputs, str) else [outputs]
+                cols = _columns(out, outputs)
                 sums = [tf.reduce_sum(out[:, k]) for k in cols]
                 target = tf.gather(out, cols, axis=1)
         probe = forward(model, vals, ntvals, x[:2], training, dtype)
@@ -526,12 +532,9 @@ class ForwardNTK:
             self._tape = tf.GradientTape(persistent=True)
             with self._tape:
                 out = bound(*args, **kwargs)
-                parts = [tf.reshape(o, (-1, int(np.prod(o.shape[1:]))))
-                         for o in tf.nest.flatten(out)]
-                self._out = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
-                cols = (range(self._out.shape[1]) if isinstance(self.outputs, str)
-                        else [self.outputs])
-                self._sums = [tf.reduce_sum(self._out[:, k]) for k in cols]
+                self._out = flatten_outputs(out)
+                self._sums = [tf.reduce_sum(self._out[:, k])
+                              for k in _columns(self._out, self.outputs)]
             return out
 
         for site in self._sites:
