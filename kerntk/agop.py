@@ -39,6 +39,7 @@ class AGOPFactor(NamedTuple):
         return self.factor.T @ self.factor / self.n
 
 
+METRICS = ("cosine", "pearson")
 _GRAD_FNS = weakref.WeakKeyDictionary()
 
 
@@ -56,25 +57,13 @@ def _compiled(key, fn: Callable):
 
     @tf.function(reduce_retracing=True)
     def grads(xb, with_gram, scale):
-        b = tf.shape(xb)[0]
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(xb)
-            out = fn(xb)
-        c = int(np.prod(out.shape[1:])) if out.shape.rank and out.shape.rank > 1 else 1
-        rows = []
-        for o in range(c):
-            # Cotangent e_o on every sample: the gradient of sum_i f_o(x_i).
-            seed = tf.reshape(tf.one_hot(tf.fill([b], o), c, dtype=out.dtype), tf.shape(out))
-            g = tape.gradient(out, xb, output_gradients=seed, unconnected_gradients="zero")
-            rows.append(tf.reshape(g, (b, -1)))
-        del tape
-        J = tf.stack(rows, axis=1)                          # (b, c, d)
+        J = _input_jacobian(fn, xb)                         # (b, c, d)
         if not with_gram:
             return J, tf.zeros((0, 0), J.dtype)
         # (F/sqrt(n))^T (F/sqrt(n)) in the compute dtype (the O(n c d^2) part; scaling the small
         # factor instead of the d x d result). Transpose-then-matmul is faster than
         # transpose_a=True on oneDNN. Symmetric up to rounding.
-        F = tf.reshape(J, (b * c, -1)) * tf.cast(tf.sqrt(scale), J.dtype)
+        F = tf.reshape(J, (tf.shape(J)[0] * J.shape[1], -1)) * tf.cast(tf.sqrt(scale), J.dtype)
         return J, tf.matmul(tf.transpose(F), F)
 
     try:
@@ -82,6 +71,37 @@ def _compiled(key, fn: Callable):
     except TypeError:
         pass
     return grads
+
+
+def _input_jacobian(fn: Callable, xb):
+    """Per-example input Jacobians ``(b, c, d)`` of ``fn`` at ``xb`` (traced): one backward pass
+    per output of ``sum_i f_o(x_i)``, which is ``grad f_o(x_i)`` for independent samples."""
+    import tensorflow as tf
+
+    b = tf.shape(xb)[0]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(xb)
+        out = fn(xb)
+    c = int(np.prod(out.shape[1:])) if out.shape.rank and out.shape.rank > 1 else 1
+    rows = []
+    for o in range(c):
+        # Cotangent e_o on every sample: the gradient of sum_i f_o(x_i).
+        seed = tf.reshape(tf.one_hot(tf.fill([b], o), c, dtype=out.dtype), tf.shape(out))
+        g = tape.gradient(out, xb, output_gradients=seed, unconnected_gradients="zero")
+        rows.append(tf.reshape(g, (b, -1)))
+    del tape
+    return tf.stack(rows, axis=1)
+
+
+def _check_batch(x) -> np.ndarray:
+    """``x`` as a numpy batch (a 1-D ``x`` is ``n`` samples of one feature); ``ValueError`` if
+    empty or not finite."""
+    x = np.asarray(x)
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"`x` must be a non-empty batch; got shape {x.shape}.")
+    if not np.all(np.isfinite(x.astype(np.float64))):
+        raise ValueError("`x` contains NaN or inf (inputs must be finite).")
+    return x[:, None] if x.ndim == 1 else x
 
 
 def _input_gradients(fn: Callable, key, x: np.ndarray, dtype, batch_size: Optional[int],
@@ -151,17 +171,11 @@ def agop(model_or_callable, x, *, center: bool = False, low_rank: bool = False,
     Cost: ``c`` backward passes of the batch (one per output) plus ``O(n c d^2)`` for ``F^T F``
     (``O(n c d)`` memory with ``low_rank=True``).
     """
-    x = np.asarray(x)
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"`x` must be a non-empty batch; got shape {x.shape}.")
-    if not np.all(np.isfinite(x.astype(np.float64))):
-        raise ValueError("`x` contains NaN or inf.")
+    x = _check_batch(x)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
             batch_size, (int, np.integer)) or batch_size < 1):
         raise ValueError(f"`batch_size` must be a positive integer; got {batch_size!r}.")
     fn, key, default_dtype = _callable_and_dtype(model_or_callable)
-    if x.ndim == 1:
-        x = x[:, None]
     # The Gram F^T F (the O(n c d^2) part) runs in the compute dtype inside the compiled function.
     J, gram = _input_gradients(fn, key, x, dtype or default_dtype, batch_size,
                                with_gram=not low_rank)
@@ -252,7 +266,7 @@ def alignment(G, G_star, metric: str = "cosine") -> float:
 
     Cost: matrices O(d^2); factors O(n c n* c* d); mixed O(n c d^2).
     """
-    if metric not in ("cosine", "pearson"):
+    if metric not in METRICS:
         raise ValueError(f"`metric` must be 'cosine' or 'pearson'; got {metric!r}.")
     a, b = _stats(G), _stats(G_star)
     if a[3] != b[3]:
@@ -295,13 +309,11 @@ def alignment_fn(model, x, reference: AGOPFactor, *, metrics=("cosine",),
     """
     import tensorflow as tf
 
-    x = np.asarray(x)
-    if x.ndim < 1 or x.shape[0] == 0 or not np.all(np.isfinite(x.astype(np.float64))):
-        raise ValueError("`x` must be a non-empty, finite batch.")
+    x = _check_batch(x)
     if not isinstance(reference, AGOPFactor):
         raise ValueError("`reference` must be an AGOPFactor.")
-    if any(m not in ("cosine", "pearson") for m in metrics):
-        raise ValueError(f"`metrics` must be a subset of ('cosine', 'pearson'); got {metrics!r}.")
+    if any(m not in METRICS for m in metrics):
+        raise ValueError(f"`metrics` must be a subset of {METRICS}; got {metrics!r}.")
     b = _stats(reference)
     d = b[3]
     if int(np.prod(x.shape[1:])) != d:
@@ -313,16 +325,7 @@ def alignment_fn(model, x, reference: AGOPFactor, *, metrics=("cosine",),
 
     @tf.function(autograph=False)
     def inner_products(xt, B):
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(xt)
-            out = tf.reshape(fn(xt), (n, -1))
-        c = out.shape[1]
-        # Cotangent e_o on every sample: the gradient of sum_i f_o(x_i) is grad f_o(x_i).
-        rows = [tf.reshape(tape.gradient(out, xt, output_gradients=tf.one_hot(
-            tf.fill([n], o), c, dtype=out.dtype), unconnected_gradients="zero"), (n, d))
-            for o in range(c)]
-        del tape
-        J = tf.stack(rows, axis=1)                                   # (n, c, d)
+        J = _input_jacobian(fn, xt)                                  # (n, c, d)
         if center:
             J = J - tf.reduce_mean(J, axis=0, keepdims=True)
         F = tf.reshape(J, (-1, d))

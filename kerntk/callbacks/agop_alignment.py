@@ -10,7 +10,6 @@ import numpy as np
 from kerntk import agop as agop_lib
 from kerntk.callbacks.base import MeasuringCallback, check_probe, full_precision
 
-METRICS = ("cosine", "pearson")
 
 
 def _psd_factor(G: np.ndarray):
@@ -63,8 +62,9 @@ class AGOPAlignmentLogger(MeasuringCallback):
         super().__init__(every_n_steps, every_n_epochs, schedule)
         self.probe_x = check_probe("probe_x", probe_x)
         metrics = tuple(metrics)
-        if not metrics or any(m not in METRICS for m in metrics):
-            raise ValueError(f"`metrics` must be a non-empty subset of {METRICS}; got {metrics!r}.")
+        if not metrics or any(m not in agop_lib.METRICS for m in metrics):
+            raise ValueError(f"`metrics` must be a non-empty subset of {agop_lib.METRICS}; "
+                             f"got {metrics!r}.")
         d = int(np.prod(self.probe_x.shape[1:]))
         if not callable(reference):
             reference = np.asarray(reference, np.float64)
