@@ -100,6 +100,10 @@ def _callbacks(config, x, y, probe_x, probe_y, reference):
     raise ValueError(f"Unknown configuration {config!r}.")
 
 
+def _steps_per_epoch() -> int:
+    return -(-FLAGS.n // FLAGS.batch_size)
+
+
 def _fit(config, x, y, probe_x, probe_y, reference) -> dict:
     import keras
 
@@ -111,7 +115,7 @@ def _fit(config, x, y, probe_x, probe_y, reference) -> dict:
     model.compile(optimizer=keras.optimizers.SGD(FLAGS.lr), loss="mse", jit_compile=jit)
     clock = _EpochClock()
     callbacks = _callbacks(config, x, y, probe_x, probe_y, reference)
-    steps = -(-FLAGS.n // FLAGS.batch_size)
+    steps = _steps_per_epoch()
     if FLAGS.input == "numpy":
         model.fit(x, y, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, shuffle=True,
                   verbose=0, callbacks=callbacks + [clock.callback])
@@ -154,7 +158,7 @@ def main(argv):
             print(f"repeat {r}: {config:8s} "
                   f"{statistics.mean(result['epochs']):.3f} s/epoch (mean)", flush=True)
 
-    steps = -(-FLAGS.n // FLAGS.batch_size)
+    steps = _steps_per_epoch()
     base = statistics.mean(times["plain"]) if "plain" in times else None
     base_min = min(times["plain"]) if "plain" in times else None
     print(f"\nfcn(5, 1024), d={D}, n={FLAGS.n}, batch {FLAGS.batch_size} ({steps} steps/epoch), "

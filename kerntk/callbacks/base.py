@@ -64,10 +64,6 @@ class MeasuringCallback(keras.callbacks.Callback):
             raise ValueError(f"`schedule` must be a callable step -> bool; got {schedule!r}.")
         self.schedule = schedule
         self.measure_at_start = measure_at_start
-        # Without a step schedule the batch hook does nothing, so Keras may dispatch batch hooks
-        # asynchronously (it keeps them synchronous for any callback that is not async-safe).
-        self._step_scheduled = every_n_steps is not None or schedule is not None
-        self.async_safe = not self._step_scheduled
         self.history: Dict[str, List[float]] = {}
         self.latest: Dict[str, float] = {}
         self._last_step = 0
@@ -78,6 +74,16 @@ class MeasuringCallback(keras.callbacks.Callback):
         raise NotImplementedError
 
     # -- helpers
+    @property
+    def _step_scheduled(self) -> bool:
+        return self.every_n_steps is not None or self.schedule is not None
+
+    @property
+    def async_safe(self) -> bool:
+        """Without a step schedule the batch hook does nothing, so Keras may dispatch batch
+        hooks asynchronously (it keeps them synchronous for callbacks that are not)."""
+        return not self._step_scheduled
+
     def _measure(self) -> Dict[str, float]:
         # numpy's BLAS on one thread: OpenBLAS threads spin-wait after a call, and on a 2-core
         # machine the next ~4 training steps ran 1.8x slower after a tracker measurement
