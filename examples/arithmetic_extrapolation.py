@@ -4,7 +4,7 @@ An example is two MNIST digits side by side (28x56) labelled with their sum; 90 
 digit pairs are seen in training, the other 10 are "unseen" (``kerntk.datasets.
 load_digit_pair_sums``; 3 folds with disjoint unseen sets). The task is regression (MSE on the
 standardized sum, Adam). Four models (``--parameterization``, default standard: W ~ N(0, 1/fan_in)
-without the NTK multipliers; in a CPU-sized run with the NTK parameterization all four models
+and b ~ N(0, 1), no multipliers; in a CPU-sized run with the NTK parameterization all four models
 stay near 0.2 rounding accuracy even on seen pairs, since Adam's per-weight steps move the NTK
 net's function sqrt(fan_in) times more slowly):
 

@@ -41,6 +41,39 @@ def test_parameterizations_agree_in_distribution(rng):
         assert abs(out.var() / expected - 1) < 0.1, p
 
 
+@pytest.mark.parametrize("parameterization", ["ntk", "standard"])
+@pytest.mark.parametrize("layer_cls", [NTKDense, lambda units, **kw: NTKConv2D(units, 3, **kw)],
+                         ids=["dense", "conv2d"])
+def test_effective_bias_is_gaussian_with_std_b_std(layer_cls, parameterization):
+    """The bias the layer adds, ``bias_multiplier * b``, is ``N(0, b_std^2)`` under both
+    parameterizations (neural-tangents' standard init, not Keras' zero biases)."""
+    units, b_std = 20000, 0.7
+    layer = layer_cls(units, b_std=b_std, parameterization=parameterization, seed=4)
+    layer.build((None, 5, 5, 3) if isinstance(layer, NTKConv2D) else (None, 3))
+    b = layer.bias.numpy().astype(np.float64) * layer.bias_multiplier
+    # For n i.i.d. N(0, s^2) draws the sample std has standard error s / sqrt(2 n) and the mean
+    # s / sqrt(n); 5 standard errors (the seed is fixed, so the test is deterministic).
+    assert abs(b.std() - b_std) < 5 * b_std / np.sqrt(2 * units)
+    assert abs(b.mean()) < 5 * b_std / np.sqrt(units)
+    raw_std = 1.0 if parameterization == "ntk" else b_std
+    assert abs(layer.bias.numpy().std() - raw_std) < 5 * raw_std / np.sqrt(2 * units)
+
+
+@pytest.mark.parametrize("parameterization", ["ntk", "standard"])
+def test_b_std_zero_gives_exactly_zero_trainable_biases(parameterization, rng):
+    x = rng.standard_normal((4, 6)).astype("float32")
+    layer = NTKDense(8, b_std=0.0, parameterization=parameterization, seed=0)
+    no_bias = NTKDense(8, use_bias=False, parameterization=parameterization, seed=0)
+    np.testing.assert_array_equal(layer(x).numpy(), no_bias(x).numpy())
+    assert np.all(layer.bias.numpy() == 0)
+    assert any(w is layer.bias for w in layer.trainable_weights)
+    conv = NTKConv2D(3, 2, b_std=0, parameterization=parameterization)
+    conv.build((None, 4, 4, 2))
+    assert np.all(conv.bias.numpy() == 0)
+    # Under "ntk" the bias multiplier is b_std = 0: the bias never reaches the output.
+    assert layer.bias_multiplier == (0.0 if parameterization == "ntk" else 1.0)
+
+
 @pytest.mark.parametrize("strides,padding", [(1, "same"), (2, "same"), (2, "valid"), (1, "valid")])
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
 def test_ntk_conv2d_forward_matches_numpy(strides, padding, parameterization, rng):
@@ -135,6 +168,11 @@ def test_layer_harness(layer_cls, kwargs, input_shape, output_shape, tmp_path):
     (lambda: NTKDense(4, W_std=-1.0), "W_std"),
     (lambda: NTKDense(4, W_std=float("nan")), "W_std"),
     (lambda: NTKDense(4, b_std=-1.0), "b_std"),
+    (lambda: NTKDense(4, b_std=True), "b_std"),
+    (lambda: NTKDense(4, W_std="2"), "W_std"),
+    (lambda: NTKDense(True), "units"),
+    (lambda: NTKDense(4, seed=1.5), "seed"),
+    (lambda: NTKConv2D(4, 3.0), "kernel_size"),
     (lambda: NTKDense(4, parameterization="mup"), "parameterization"),
     (lambda: NTKConv2D(0, 3), "filters"),
     (lambda: NTKConv2D(4, 0), "kernel_size"),
@@ -153,6 +191,19 @@ def test_layer_harness(layer_cls, kwargs, input_shape, output_shape, tmp_path):
 def test_bad_arguments_raise_value_error_naming_the_argument(make, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
         make()
+
+
+def test_numpy_scalars_are_accepted_as_numbers(rng):
+    x = rng.standard_normal((2, 5, 5, 3)).astype("float32")
+    dense = NTKDense(np.int64(4), W_std=np.float32(1.5), b_std=np.float64(0.5), seed=np.int64(3))
+    conv = NTKConv2D(np.int32(2), (np.int64(3), np.int64(3)), strides=np.int64(1), seed=np.int8(1))
+    poly = PolyDense(np.int64(4), np.int64(2), W_std=np.float32(1.0))
+    assert dense(x[:, 0, 0]).shape == (2, 4) and conv(x).shape == (2, 3, 3, 2)
+    assert poly(x[:, 0, 0]).shape == (2, 4)
+    config = dense.get_config()
+    assert type(config["units"]) is int and type(config["seed"]) is int
+    assert type(config["W_std"]) is float
+    assert all(type(v) is int for v in conv.get_config()["kernel_size"])
 
 
 def test_wrong_input_shape_is_rejected():

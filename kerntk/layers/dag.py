@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from kerntk.graph import Graph
+from kerntk.layers.parameterization import check_seed
 
 
 @keras.saving.register_keras_serializable(package="kerntk")
@@ -56,10 +57,8 @@ class DAG(keras.layers.Layer):
         if not isinstance(graph, Graph):
             raise ValueError(f"`graph` must be a kerntk.graph.Graph or its config dict; "
                              f"got {type(graph).__name__}.")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"`seed` must be an int or None; got {seed!r}.")
+        self.seed = check_seed(seed)
         self.graph = graph
-        self.seed = seed
         self._activations = {v: keras.activations.get(n.activation)
                              for v, n in graph.nodes.items()}
         self.edge_masks: Dict[int, Optional[np.ndarray]] = {

@@ -7,7 +7,7 @@ from typing import Optional
 import keras
 
 from kerntk.layers.parameterization import (LinearParameterization, check_parameterization,
-                                            check_positive)
+                                            check_positive, check_seed)
 
 
 class NTKLinearBase(keras.layers.Layer):
@@ -28,7 +28,7 @@ class NTKLinearBase(keras.layers.Layer):
         self.W_std = check_positive("W_std", W_std)
         self.b_std = check_positive("b_std", b_std, allow_zero=True)
         self.parameterization = check_parameterization(parameterization)
-        self.seed = seed
+        self.seed = check_seed(seed)
 
     def _linear_units(self) -> int:
         """Width of the linear map; layers with several branches widen it."""

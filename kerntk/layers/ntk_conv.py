@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Union
 import keras
 from keras import ops
 
+from kerntk._checks import is_integer
 from kerntk.layers.ntk_base import NTKLinearBase
 from kerntk.layers.parameterization import check_units
 
@@ -14,12 +15,14 @@ IntOrTuple = Union[int, Sequence[int]]
 
 
 def _tuple(name: str, value: IntOrTuple, rank: int) -> tuple:
-    values = (value,) * rank if isinstance(value, int) else tuple(value)
-    if len(values) != rank or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0
-                                  for v in values):
+    try:
+        values = (value,) * rank if is_integer(value) else tuple(value)
+    except TypeError:
+        values = ()
+    if len(values) != rank or any(not is_integer(v) or v <= 0 for v in values):
         raise ValueError(f"`{name}` must be a positive int or a tuple of {rank} positive ints; "
                          f"got {value!r}.")
-    return values
+    return tuple(int(v) for v in values)
 
 
 class BaseNTKConv(NTKLinearBase):

@@ -18,14 +18,18 @@ class NTKDense(NTKLinearBase):
     Computes ``activation(W_std * a @ W / sqrt(fan_in) + b_std * b)`` with ``W, b ~ N(0, 1)``
     (thesis App. C.6; neural-tangents' ``stax.Dense``). With ``parameterization="standard"`` the same
     function at initialization comes from ``W ~ N(0, W_std^2/fan_in)``, ``b ~ N(0, b_std^2)`` and no
-    forward multipliers (the usual fan-in initialization).
+    forward multipliers: neural-tangents' standard parameterization, whose Gaussian biases differ
+    from Keras' zero and PyTorch's uniform bias initialization
+    (:mod:`kerntk.layers.parameterization`).
 
     Args:
         units: positive int, output dimension.
         activation: activation name or callable; ``None`` is linear (use it for output layers).
         use_bias: whether to add a bias.
         W_std: weight scale (> 0).
-        b_std: bias scale (>= 0); ignored when ``use_bias=False``.
+        b_std: bias scale (>= 0); ignored when ``use_bias=False``. ``0`` starts the bias at exactly
+            zero under both parameterizations; under ``"ntk"`` it then also multiplies the bias by
+            0 for good (no effect on the output, zero gradient).
         parameterization: ``"ntk"`` (default) or ``"standard"``.
         seed: optional int seed for the initializers.
 

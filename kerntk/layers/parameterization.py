@@ -5,8 +5,16 @@ function at initialization and different gradient geometry:
 
 * ``"ntk"``: trainable ``W, b ~ N(0, 1)``; the scales ``W_std / sqrt(fan_in)`` and ``b_std`` are
   constant multipliers applied in the forward pass. Gradient descent then sees the NTK of the thesis.
-* ``"standard"``: trainable ``W ~ N(0, W_std^2 / fan_in)``, ``b ~ N(0, b_std^2)``, multipliers 1
-  (the usual fan-in initialization of Keras/PyTorch layers).
+* ``"standard"``: trainable ``W ~ N(0, W_std^2 / fan_in)``, ``b ~ N(0, b_std^2)``, multipliers 1.
+  This is neural-tangents' standard parameterization, not the default of Keras or PyTorch layers:
+  the weights are Gaussian with variance ``W_std^2 / fan_in`` (Keras' ``Dense`` draws Glorot-uniform
+  weights, PyTorch's ``Linear`` uniform ones) and the biases are drawn from ``N(0, b_std^2)`` (Keras
+  starts biases at zero, PyTorch draws them uniform in ``±1/sqrt(fan_in)``).
+
+``b_std = 0`` gives biases that are exactly zero at initialization under both parameterizations
+(the bias stays a trainable weight). Under ``"ntk"`` the bias then also has multiplier 0, so it
+never changes the output and gets zero gradient: the layer is bias-free for good. Under
+``"standard"`` it trains from zero as a Keras bias does.
 
 Every kerntk layer with weights uses this one helper, so the engine can read the effective multipliers
 (``kernel_multiplier``, ``bias_multiplier``) of any of them in the same way.
@@ -18,6 +26,8 @@ import math
 from typing import Optional
 
 import keras
+
+from kerntk._checks import is_integer, is_real
 
 PARAMETERIZATIONS = ("ntk", "standard")
 
@@ -31,21 +41,27 @@ def check_parameterization(parameterization: str) -> str:
 
 
 def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
-    """Validates a scale argument such as ``W_std`` and returns it as float."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a number; got {value!r}.") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+    """Validates a scale argument such as ``W_std`` (a Python or NumPy real, not a bool) and
+    returns it as float."""
+    if not is_real(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"`{name}` must be finite and {bound}; got {value!r}.")
-    return v
+        raise ValueError(f"`{name}` must be a finite number {bound}; got {value!r}.")
+    return float(value)
 
 
 def check_units(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    """Validates a count such as ``units`` (a Python or NumPy integer, not a bool) and returns it
+    as int."""
+    if not is_integer(value) or value <= 0:
         raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
-    return value
+    return int(value)
+
+
+def check_seed(value):
+    """Validates an initializer ``seed``: None or an integer, returned as int."""
+    if value is not None and not is_integer(value):
+        raise ValueError(f"`seed` must be None or an integer; got {value!r}.")
+    return None if value is None else int(value)
 
 
 class LinearParameterization:
@@ -81,6 +97,9 @@ class LinearParameterization:
         return keras.initializers.RandomNormal(0.0, std, seed=self.seed)
 
     def bias_initializer(self) -> keras.initializers.Initializer:
+        if self.b_std == 0:
+            # Exact zeros, not N(0, 0) draws (module docstring on what b_std = 0 means).
+            return keras.initializers.Zeros()
         std = 1.0 if self.parameterization == "ntk" else self.b_std
         seed = None if self.seed is None else self.seed + 1
         return keras.initializers.RandomNormal(0.0, std, seed=seed)
