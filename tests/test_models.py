@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from kerntk import layers, models
+from tests import numpy_reference as ref
 
 ZOO = [
     ("fcn", lambda **kw: models.fcn(3, 16, out_dim=2, **kw), (5,)),
@@ -77,3 +78,52 @@ def test_unbuilt_model_builds_on_first_call():
 def test_bad_builder_arguments(make, argument):
     with pytest.raises(ValueError, match=f"`{argument}`"):
         make()
+
+
+def _numpy_forward(model, x):
+    """float64 forward of a zoo fcn/pnn from its weights (tests/numpy_reference.py)."""
+    a = x.reshape(len(x), -1)
+    for layer in model.layers:
+        if not isinstance(layer, layers.NTKDense):
+            continue
+        bias = None if layer.bias is None else layer.bias.numpy()
+        z = ref.linear(a, layer.kernel.numpy(), bias, layer.W_std, layer.b_std,
+                       layer.parameterization)
+        if isinstance(layer, layers.PolyDense):
+            a = ref.polynomial(z, layer.degree, "relu" if layer.activation is
+                               keras.activations.relu else None, layer.skip, layer.W_std,
+                               layer.b_std, layer.use_bias)
+        else:
+            a = ref.relu(z) if layer.activation is keras.activations.relu else z
+    return a
+
+
+@pytest.mark.parametrize("precision", ["floatx", "dtype_policy"])
+@pytest.mark.parametrize("build", [
+    lambda: models.fcn(3, 16, out_dim=2, input_shape=(5,), seed=0),
+    lambda: models.pnn(2, 16, form="pnn", input_shape=(5,), seed=0),
+], ids=["fcn", "pnn"])
+def test_float64_model_does_not_round_its_inputs(build, precision):
+    """A float64 zoo model matches a float64 numpy forward to ~1e-12: its keras.Input is float64,
+    not float32 (inputs rounded to float32 give errors ~1e-7 relative)."""
+    if precision == "floatx":
+        keras.config.set_floatx("float64")
+        keras.utils.clear_session()      # no global policy set: it follows floatx
+    else:
+        keras.config.set_dtype_policy("float64")
+    model = build()
+    assert model.inputs[0].dtype == "float64"
+    x = np.random.default_rng(1).standard_normal((8, 5))
+    want = _numpy_forward(model, x)
+    got = [np.asarray(model(x)), model.predict_on_batch(x)]
+    if precision == "floatx":
+        # Keras' fit/predict cast float64 numpy inputs to floatx, so only here is predict exact.
+        got.append(model.predict(x, verbose=0))
+    for y in got:
+        assert y.dtype == np.float64
+        assert np.abs(y - want).max() <= 1e-12 * np.abs(want).max()
+
+
+def test_mixed_precision_model_keeps_floatx_inputs():
+    keras.config.set_dtype_policy("mixed_float16")
+    assert models.fcn(2, 8, input_shape=(3,)).inputs[0].dtype == "float32"

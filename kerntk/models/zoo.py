@@ -1,9 +1,14 @@
 """Ready architectures of the papers, NTK-parameterized by default, with a linear output layer.
 
 Every builder returns an uncompiled ``keras.Sequential``. ``input_shape`` (without the batch axis)
-builds it at once; without it the model builds on its first call. Inputs of rank > 1 are flattened
-before dense layers. ``W_std``, ``b_std``, ``use_bias`` and ``parameterization`` go to every layer
-(thesis App. C.6 uses W_std = b_std = 1; see SPEC §5 on why biases matter for catapults).
+builds it at once, with a ``keras.Input`` in the precision the model computes in (the global
+dtype policy's compute dtype when it is one float type, e.g. ``set_dtype_policy("float64")``, else
+``keras.config.floatx()``: a float64 model must not round its inputs to float32; note that Keras'
+``fit``/``predict`` still cast float64 NumPy inputs to ``floatx``, so set
+``keras.config.set_floatx("float64")`` for float64 end to end); without it the model builds on its
+first call. Inputs of rank > 1 are flattened before dense layers. ``W_std``,
+``b_std``, ``use_bias`` and ``parameterization`` go to every layer (thesis App. C.6 uses
+W_std = b_std = 1; see SPEC §5 on why biases matter for catapults).
 """
 
 from __future__ import annotations
@@ -12,13 +17,33 @@ from typing import Optional, Sequence
 
 import keras
 
+from kerntk._checks import is_integer
 from kerntk.layers import NTKConv2D, NTKDense, PolyConv2D, PolyDense
 from kerntk.layers.parameterization import check_units
 
 
+def _input_dtype() -> str:
+    """The dtype of the builders' ``keras.Input``: the global dtype policy's compute dtype when it
+    is one float type (e.g. ``keras.config.set_dtype_policy("float64")``), else
+    ``keras.config.floatx()``. Under ``mixed_float16``/``mixed_bfloat16`` inputs stay in floatx:
+    every layer casts its inputs to its compute dtype anyway."""
+    policy = keras.config.dtype_policy()
+    if policy.compute_dtype == policy.variable_dtype and "float" in str(policy.compute_dtype):
+        return policy.compute_dtype
+    return keras.config.floatx()
+
+
 def _sequential(layers: list, input_shape: Optional[Sequence[int]], name: str) -> keras.Sequential:
     if input_shape is not None:
-        layers = [keras.Input(shape=tuple(input_shape))] + layers
+        try:
+            shape = tuple(input_shape)
+        except TypeError:
+            shape = ()
+        if not shape or any(s is not None and (not is_integer(s) or s < 1) for s in shape):
+            raise ValueError(f"`input_shape` must be a tuple of positive ints (None for any size), "
+                             f"without the batch axis; got {input_shape!r}.")
+        shape = tuple(None if s is None else int(s) for s in shape)
+        layers = [keras.Input(shape=shape, dtype=_input_dtype())] + layers
     return keras.Sequential(layers, name=name)
 
 
