@@ -7,6 +7,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from kerntk import ntk, spectral
+from kerntk.callbacks._summary import summary_log
 from kerntk.callbacks.base import MeasuringCallback, check_probe
 
 
@@ -33,6 +34,13 @@ class NTKSpectrumTracker(MeasuringCallback):
         every_n_steps, every_n_epochs, schedule: when to measure (see
             :mod:`kerntk.callbacks.base`); a baseline is measured at the start of training.
         method: passed to :func:`kerntk.ntk.empirical_ntk`.
+        log_dir: optional TensorBoard directory (str or PathLike). Under ``<log_dir>/kerntk``
+            (see :mod:`kerntk.callbacks._summary`) it writes the tags
+            ``kerntk/ntk_eigenvalues``, a histogram of ``ntk_lambda_1 .. ntk_lambda_k`` at each
+            measurement (step: the measurement's ``"step"``), and
+            ``kerntk/ntk_spectrum_figure``, the :meth:`plot` figure as an image, once per fit at
+            its end (a matplotlib render takes a few hundred ms: too slow for every
+            measurement). ``None`` writes nothing.
 
     Attributes:
         history: dict of lists, one entry per measurement (``"step"``, ``"epoch"``, the scalars).
@@ -43,8 +51,11 @@ class NTKSpectrumTracker(MeasuringCallback):
 
     def __init__(self, probe_x, probe_y=None, k: int = 5, top_s: int = 5,
                  every_n_steps: Optional[int] = None, every_n_epochs: Optional[int] = 1,
-                 schedule: Optional[Callable[[int], bool]] = None, method: str = "auto"):
+                 schedule: Optional[Callable[[int], bool]] = None, method: str = "auto",
+                 log_dir=None):
         super().__init__(every_n_steps, every_n_epochs, schedule)
+        self.log_dir = log_dir
+        self._summary = summary_log(log_dir)
         self.probe_x = check_probe("probe_x", probe_x)
         n = self.probe_x.shape[0]
         self.probe_y = None
@@ -81,6 +92,19 @@ class NTKSpectrumTracker(MeasuringCallback):
             values["loss_top"] = float(np.sum((top.T @ residual) ** 2) / (n * c))
             values["loss_rest"] = float(np.sum(residual ** 2) / (n * c)) - values["loss_top"]
         return values
+
+    def _record(self, values: Dict[str, float], logs) -> None:
+        super()._record(values, logs)
+        if self._summary is not None:
+            self._summary.histogram("kerntk/ntk_eigenvalues",
+                                    [values[f"ntk_lambda_{i + 1}"] for i in range(self.k)],
+                                    self.history["step"][-1])
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        if self._summary is not None:
+            self._summary.figure("kerntk/ntk_spectrum_figure", self.plot, self.step)
+            self._summary.flush()
 
     def plot(self, path: str) -> None:
         """Saves the paper-style figure (thesis Fig. 4.3): loss split, top eigenvalues, drift."""
