@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerntk import ntk, spectral
+from kerntk.callbacks._summary import summary_log
 from kerntk.callbacks.base import check_probe
 from kerntk.callbacks.train_step_hook import TrainStepHook
 from kerntk.ntk._common import compute_dtype, forward, read_values, resolve_dtype
@@ -143,13 +144,22 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         spike_rtol: relative tolerance of a loss spike.
         loss: loss to monitor (default: the model's compiled loss).
         method: empirical-NTK method for ``estimate="ntk"``.
+        log_dir: optional TensorBoard directory (str or PathLike). Under ``<log_dir>/kerntk``
+            (see :mod:`kerntk.callbacks._summary`) it writes the tag
+            ``kerntk/critical_lr_figure``: the :meth:`plot` figure (loss with spikes, ``eta``
+            vs ``eta_crit`` with catapult events) as an image, once per fit at its end, if
+            anything was measured (step: the optimizer step then). The scalars are in ``logs``.
+            ``None`` writes nothing.
     """
 
     def __init__(self, estimate: str = "ntk", probe=None, every_n_steps: int = 1,
                  raise_policy: Optional[CatapultRaise] = None, guard: bool = True,
                  guard_factor: float = 1e3, patience: int = 10, backoff: float = 0.5,
-                 margin: float = 1.2, spike_rtol: float = 1e-6, loss=None, method: str = "auto"):
+                 margin: float = 1.2, spike_rtol: float = 1e-6, loss=None, method: str = "auto",
+                 log_dir=None):
         super().__init__()
+        self.log_dir = log_dir
+        self._summary = summary_log(log_dir)
         if estimate not in ESTIMATES:
             raise ValueError(f"`estimate` must be one of {ESTIMATES}; got {estimate!r}.")
         if probe is not None:
@@ -403,6 +413,10 @@ class CriticalLRMonitor(keras.callbacks.Callback):
                 np.all(np.isfinite(keras.ops.convert_to_numpy(v))) for v in self._weights()):
             self._restore(self._snapshots[-1])
             self.restores.append({"step": self._step(), "reason": "non-finite weights at end"})
+        if self._summary is not None:
+            if self.history:
+                self._summary.figure("kerntk/critical_lr_figure", self.plot, self._step())
+            self._summary.flush()
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.estimate == "ntk":
@@ -530,7 +544,8 @@ class CriticalLRMonitor(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ plotting
     def plot(self, path: str) -> None:
-        """Saves loss (log scale) with spikes, and eta vs eta_crit, against the step."""
+        """Saves loss (log scale) with spikes, and eta vs eta_crit with catapult events, against
+        the step."""
         import matplotlib.pyplot as plt  # optional dependency: pip install kerntk[plot]
 
         h = self.history
@@ -545,6 +560,10 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         axes[0].legend()
         axes[1].semilogy(steps, h.get("eta", []), label="$\\eta$")
         axes[1].semilogy(steps, h.get("eta_crit", []), label="$\\eta_{crit}$")
+        events = np.asarray(h.get("event", []), bool)
+        if events.any():
+            axes[1].semilogy(steps[events], np.asarray(h["eta"])[events], "r.",
+                             label="catapult event")
         axes[1].set(title="learning rate vs critical", xlabel="step")
         axes[1].legend()
         fig.tight_layout()
