@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
 
 from kerntk import agop as agop_lib
+from kerntk._blas import single_threaded
+from kerntk._checks import is_integer
+from kerntk.callbacks._summary import summary_log
 from kerntk.callbacks.base import MeasuringCallback, check_probe, full_precision
+
+
+def _positive_int(name: str, value) -> int:
+    if not is_integer(value) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer; got {value!r}.")
+    return int(value)
+
+
+def _image_shape(probe_x: np.ndarray, image_shape) -> Tuple[int, int, int]:
+    """``(H, W, C)`` of the probe's images: ``image_shape`` (``(H, W)`` means one channel),
+    else ``probe_x.shape[1:]`` of an ``(n, H, W, C)`` probe."""
+    d = int(np.prod(probe_x.shape[1:]))
+    if image_shape is None:
+        if probe_x.ndim != 4:
+            raise ValueError("With `log_dir`, AGOPAlignmentLogger writes the AGOP's eigenvectors "
+                             "as images: pass image inputs (n, H, W, C) or `image_shape=(H, W, "
+                             f"C)`; got `probe_x` of shape {probe_x.shape}.")
+        shape = probe_x.shape[1:]
+    else:
+        shape = tuple(image_shape) if isinstance(image_shape, (tuple, list)) else ()
+        if len(shape) not in (2, 3):
+            raise ValueError(f"`image_shape` must be (H, W) or (H, W, C); got {image_shape!r}.")
+        shape = tuple(_positive_int("image_shape", v) for v in shape) + (1,) * (3 - len(shape))
+        if int(np.prod(shape)) != d:
+            raise ValueError(f"`image_shape` {shape} has {int(np.prod(shape))} pixel values; "
+                             f"the probe inputs have d = {d}.")
+    if shape[2] not in (1, 3):
+        raise ValueError(f"AGOP eigenvector images need 1 or 3 channels; got {shape[2]}.")
+    return tuple(int(v) for v in shape)
 
 
 
@@ -46,6 +78,19 @@ class AGOPAlignmentLogger(MeasuringCallback):
             reference.
         top_eigenvectors: also keep the top eigenvectors of ``G`` (``self.eigenvectors``) for
             plotting; 0 disables.
+        log_dir: optional TensorBoard directory (str or PathLike). Under ``<log_dir>/kerntk``
+            (see :mod:`kerntk.callbacks._summary`) it writes the tag
+            ``kerntk/agop_eigenvectors``: the top ``image_eigenvectors`` eigenvectors of ``G``
+            (the right singular vectors of its factor, :func:`kerntk.agop.agop`), each reshaped
+            to the input image and shown as ``|v| / max|v|`` in [0, 1] (an eigenvector's sign
+            is arbitrary), in order of eigenvalue — at the start of each fit and at the end of
+            every ``image_every_n_epochs``-th epoch (step: the optimizer step then; one image
+            set per step). Needs image inputs. ``None`` writes nothing.
+        image_shape: ``(H, W, C)`` (or ``(H, W)``, one channel; ``C`` is 1 or 3) of flattened
+            ``(n, d)`` probe inputs, read row-major; default: ``probe_x.shape[1:]`` of an
+            ``(n, H, W, C)`` probe.
+        image_eigenvectors: number of eigenvectors written (at most ``rank(G)``).
+        image_every_n_epochs: epochs between eigenvector images.
 
     Cost per measurement: ``c`` backward passes over the probe plus the alignment from the
     ``(n c) x d`` gradient factor, O(n c (n c + r) d) for a reference of rank ``r``, all in one
@@ -53,14 +98,25 @@ class AGOPAlignmentLogger(MeasuringCallback):
     at the start of training, with one ``d x d`` eigendecomposition). About 0.9 of a training
     step on the 128-point probe of ``benchmarks/callbacks.py``. A reference matrix that is not
     PSD, or ``top_eigenvectors``, takes the host path (:func:`kerntk.agop.agop` + ``alignment``).
+    Each eigenvector image costs one AGOP factor (``c`` backward passes over the probe) plus an
+    SVD of the ``(n c) x d`` factor.
     """
 
     def __init__(self, probe_x, reference, every_n_epochs: Optional[int] = 1,
                  metrics: Sequence[str] = ("cosine",), center: bool = False,
                  every_n_steps: Optional[int] = None,
-                 schedule: Optional[Callable[[int], bool]] = None, top_eigenvectors: int = 0):
+                 schedule: Optional[Callable[[int], bool]] = None, top_eigenvectors: int = 0,
+                 log_dir=None, image_shape=None, image_eigenvectors: int = 4,
+                 image_every_n_epochs: int = 1):
         super().__init__(every_n_steps, every_n_epochs, schedule)
         self.probe_x = check_probe("probe_x", probe_x)
+        self.log_dir, self._summary = log_dir, summary_log(log_dir)
+        self.image_shape = image_shape
+        if image_shape is not None or log_dir is not None:
+            self.image_shape = _image_shape(self.probe_x, image_shape)
+        self.image_eigenvectors = _positive_int("image_eigenvectors", image_eigenvectors)
+        self.image_every_n_epochs = _positive_int("image_every_n_epochs", image_every_n_epochs)
+        self._image_step = None
         metrics = tuple(metrics)
         if not metrics or any(m not in agop_lib.METRICS for m in metrics):
             raise ValueError(f"`metrics` must be a non-empty subset of {agop_lib.METRICS}; "
@@ -101,6 +157,8 @@ class AGOPAlignmentLogger(MeasuringCallback):
                 self._measure_fn = agop_lib.alignment_fn(
                     self.model, self.probe_x, self._G_star, metrics=self.metrics,
                     center=self.center)
+        if self._summary is not None:
+            self._write_eigenvectors()
 
     def measure(self) -> Dict[str, float]:
         if self._measure_fn is not None:
@@ -117,6 +175,32 @@ class AGOPAlignmentLogger(MeasuringCallback):
             _, _, vt = np.linalg.svd(G.factor, full_matrices=False)
             self.eigenvectors.append(vt[:self.top_eigenvectors])
         return values
+
+    def _write_eigenvectors(self) -> None:
+        """Writes the top eigenvectors of the model's AGOP as images (once per step)."""
+        step = self.step
+        if step == self._image_step:
+            return
+        with single_threaded():
+            with full_precision(self.model):
+                G = agop_lib.agop(self.model, self.probe_x, center=self.center, low_rank=True)
+            # Right singular vectors of the factor F are the eigenvectors of G = F^T F / n.
+            _, _, vt = np.linalg.svd(G.factor, full_matrices=False)
+        v = np.abs(vt[:self.image_eigenvectors])
+        v = v / np.maximum(v.max(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        self._summary.images("kerntk/agop_eigenvectors", v.reshape((-1,) + self.image_shape),
+                             step)
+        self._image_step = step
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self._summary is not None and (epoch + 1) % self.image_every_n_epochs == 0:
+            self._write_eigenvectors()
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        if self._summary is not None:
+            self._summary.flush()
 
     def plot(self, path: str) -> None:
         """Saves the alignment(s) against the step."""
