@@ -19,7 +19,7 @@ setup(
         "importlib_resources",
     ],
     extras_require={
-        "test": ["pytest", "matplotlib"],
+        "test": ["pytest", "matplotlib", "tensorboard"],
         "plot": ["matplotlib"],
         "examples": ["matplotlib"],
     },
