@@ -1,6 +1,8 @@
 """Analytic infinite-width kernels vs brute-force empirical NTKs, and NTK-regime kernel regression
 vs explicit gradient descent on a linear model."""
 
+from decimal import Decimal, localcontext
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -103,6 +105,129 @@ def test_analytic_bad_input():
         analytic.fcn_kernels(sphere(3, 3), sphere(3, 4), depth=2)
     with pytest.raises(ValueError):
         analytic.pnn_kernels(sphere(3, 3), degree=0)
+
+
+# ------------------------------------------------------------ precision against a 50-digit reference
+
+_TINY = Decimal(10) ** -70
+
+
+def _d_atan(x):
+    """arctan in the context's precision: halvings ``atan x = 2 atan(x / (1 + sqrt(1 + x^2)))``
+    down to ``|x| <= 0.01``, then the Taylor series."""
+    n = 0
+    while abs(x) > Decimal("0.01"):
+        x = x / (1 + (1 + x * x).sqrt())
+        n += 1
+    total, power, k = Decimal(0), x, 0
+    while abs(power) > _TINY:
+        total += (-1) ** k * power / (2 * k + 1)
+        power *= x * x
+        k += 1
+    return total * 2 ** n
+
+
+def _d_sin(t):
+    total, term, k = Decimal(0), t, 1
+    while abs(term) > _TINY:
+        total += term
+        term = -term * t * t / ((2 * k) * (2 * k + 1))
+        k += 1
+    return total
+
+
+def decimal_kernels(x, layers, W_std, b_std, use_bias, head_bias):
+    """NNGP and NTK on all pairs of rows of ``x`` from the module docstring's recursion taken
+    literally (``theta = arccos(Sigma / sqrt(Sigma Sigma))``) in 50-digit decimal arithmetic.
+    ``layers``: ``"relu"`` or a PNN degree per layer."""
+    with localcontext() as ctx:
+        ctx.prec = 50
+        pi = 4 * _d_atan(Decimal(1))
+        z = [[Decimal(float(v)) for v in row] for row in x]
+        m, d = len(z), len(z[0])
+        S = [[sum(a * b for a, b in zip(z[i], z[j])) / d for j in range(m)] for i in range(m)]
+        T = [[Decimal(0)] * m for _ in range(m)]
+        w2 = Decimal(W_std) ** 2
+        b2 = Decimal(b_std) ** 2 if use_bias else Decimal(0)
+        for layer in layers:
+            sig = [[w2 * S[i][j] + b2 for j in range(m)] for i in range(m)]
+            for i in range(m):
+                for j in range(m):
+                    norm = (sig[i][i] * sig[j][j]).sqrt()
+                    k1 = k0 = Decimal(0)
+                    if norm > 0:
+                        c = max(min(sig[i][j] / norm, Decimal(1)), Decimal(-1))
+                        th = pi if c == -1 else 2 * _d_atan(((1 - c) / (1 + c)).sqrt())
+                        k1 = norm * (_d_sin(th) + (pi - th) * c) / (2 * pi)
+                        k0 = (pi - th) / (2 * pi)
+                    theta = sig[i][j] + w2 * T[i][j]
+                    if layer == "relu":
+                        S[i][j], T[i][j] = k1, k0 * theta
+                    else:
+                        s2 = 2 / (w2 + b2)
+                        S[i][j] = (s2 * k1) ** layer
+                        T[i][j] = layer * s2 * k0 * (s2 * k1) ** (layer - 1) * theta
+        hb2 = Decimal(b_std) ** 2 if head_bias else Decimal(0)
+        nngp = np.array([[float(w2 * S[i][j] + hb2) for j in range(m)] for i in range(m)])
+        ntk = np.array([[float(w2 * (S[i][j] + T[i][j]) + hb2) for j in range(m)]
+                        for i in range(m)])
+    return nngp, ntk
+
+
+def _rotated(a, angle):
+    """``a`` turned by ``angle`` in the plane of ``a`` and a fixed second direction."""
+    u = np.array([1.0, 0.4, -0.2])
+    u = u - (u @ a) / (a @ a) * a
+    return np.cos(angle) * a + np.sin(angle) * u * np.linalg.norm(a) / np.linalg.norm(u)
+
+
+_A = np.array([0.3, -1.2, 0.5])
+# Pairs at angle 0 (equal rows, and a row and 2.5 times it), pi, 1e-6, pi - 1e-6 and 1e-3, a
+# generic row and a zero row.
+_POINTS = np.stack([_A, _A.copy(), -_A, _rotated(_A, 1e-6), 2.5 * _A, -0.5 * _rotated(_A, 1e-6),
+                    _rotated(_A, 1e-3), np.array([1.1, 0.2, 0.7]), np.zeros(3)])
+
+
+@pytest.mark.parametrize("kind,layers,W_std,b_std,use_bias", [
+    ("fcn", 1, 1.0, 1.0, False),
+    ("fcn", 2, 1.0, 1.0, True),
+    ("fcn", 3, 1.3, 0.4, True),
+    ("fcn", 5, 1.0, 1e-3, True),
+    ("pnn", (3, 2), 1.0, 1.0, False),
+    ("pnn", (2, 2), 1.0, 0.5, True),
+], ids=["fcn1", "fcn2_bias", "fcn3_scales", "fcn5_small_bias", "pnn3x2", "pnn2x2_bias"])
+def test_kernels_are_accurate_at_angles_0_pi_and_tiny(kind, layers, W_std, b_std, use_bias):
+    """Every entry within a few float64 ulps of ``sqrt(K(x, x) K(x', x'))`` per layer of the
+    50-digit reference, also where arccos(cos) would lose half the digits (the old code was
+    ~1e7 ulps off there). Bound: ReLU layers are 1-Lipschitz in these normalized units, so
+    rounding errors add up over ``depth``; a degree-N block raises its inputs to the N-th power,
+    multiplying their relative error by N per block."""
+    eps = np.finfo(np.float64).eps
+    if kind == "fcn":
+        plan, head_bias, bound = ["relu"] * (layers - 1), use_bias, 4 * eps * layers
+        fn = lambda x1, x2=None: analytic.fcn_kernels(  # noqa: E731
+            x1, x2, depth=layers, W_std=W_std, b_std=b_std, use_bias=use_bias)
+    else:
+        degree, blocks = layers
+        plan, head_bias, bound = [degree] * blocks, True, 4 * eps * blocks * degree ** blocks
+        fn = lambda x1, x2=None: analytic.pnn_kernels(  # noqa: E731
+            x1, x2, degree=degree, blocks=blocks, W_std=W_std, b_std=b_std, use_bias=use_bias)
+    reference = decimal_kernels(_POINTS, plan, W_std, b_std, use_bias, head_bias)
+    # x2=None, and x2 given (then no diagonal is shared).
+    for x1, x2, idx in ((_POINTS, None, np.s_[:, :]), (_POINTS[:5], _POINTS[3:], np.s_[:5, 3:])):
+        for K, R in zip(fn(x1, x2), reference):
+            scale = np.sqrt(np.outer(np.diag(R), np.diag(R)))[idx]
+            err = np.abs(K - R[idx])
+            assert np.all(err <= bound * scale), np.max(err / np.maximum(scale, 1e-300)) / eps
+
+
+def test_diagonal_is_exact():
+    """On the diagonal theta = 0 exactly: k0 = 1/2 and k1 = Sigma/2, so a bias-free 2-layer
+    ReLU net has NTK(x, x) = |x|^2/d to the last bit."""
+    x = sphere(6, 5, seed=3) * np.linspace(0.5, 3.0, 6)[:, None]
+    s = np.einsum("ij,ij->i", x, x) / 5
+    np.testing.assert_array_equal(np.diag(analytic.fcn_kernels(x, depth=2, use_bias=False).ntk),
+                                  s)
 
 
 # ----------------------------------------------------------------------------- kernel regression

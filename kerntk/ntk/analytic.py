@@ -37,7 +37,29 @@ For one PNN block on the unit sphere with ``W_std = 1`` and no biases except the
 2 kappa_2^N``, with our own constants (the extraction's ``sqrt(2/m)`` placement is garbled).
 Verified against the empirical NTK at width 4096 in ``tests/test_analytic.py``.
 
-Cost: O(depth n1 n2) time and memory for ``n1 x n2`` kernels.
+Precision: ``theta = arccos(cos theta)`` loses half the digits near ``theta = 0`` and ``pi``
+(``cos`` rounds to ``1 -+ eps`` and ``arccos`` has infinite slope there: ``k0`` on the diagonal
+came out ~1e-8 off). So the recursion carries, next to the covariances, ``1 - rho`` and ``1 + rho``
+of each layer's feature correlation ``rho = S(x, x')/sqrt(S(x, x) S(x', x'))``, each as a sum of
+non-negative terms:
+
+* inputs: ``1 -+ cos = |x/|x| -+ x'/|x'||^2 / 2``, from the Gram matrix, recomputed from the
+  difference vectors for pairs within ~2.6 degrees of 0 or pi (cost ``O(d)`` per such pair);
+* a linear map with bias: ``1 - cos_z = (W_std^2 b_std^2 (sqrt S(x,x) - sqrt S(x',x'))^2 /
+  (ab + W_std^2 p + b_std^2) + W_std^2 p (1 - rho)) / ab`` with ``p = sqrt(S(x,x) S(x',x'))``,
+  ``ab = sqrt(Sigma_z(x,x) Sigma_z(x',x'))`` (and likewise ``1 + cos_z``);
+* then ``theta = 2 atan2(sqrt(1 - cos), sqrt(1 + cos))`` and, for the next layer,
+  ``1 - J = ((pi - theta)(1 - cos) + (theta - sin theta)) / pi`` (and ``k1 = ab J / 2``) with
+  ``J = (sin theta + (pi - theta) cos theta) / pi = k1 / sqrt(E relu(u)^2 E relu(v)^2)``
+  (``theta - sin theta`` by its series for ``theta < 1``); after a PNN block ``1 - J^N``.
+
+The diagonal (``x2=None``) is exact: ``theta = 0``, ``k0 = 1/2``, ``k1 = Sigma_z(x, x)/2``. Entries
+agree with a 50-digit evaluation of the formulas above to a few float64 ulps of
+``sqrt(K(x, x) K(x', x'))`` per layer, including ``theta = 0``, ``pi`` and ``1e-6``
+(``tests/test_analytic.py``).
+
+Cost: O(depth n1 n2) time and memory for ``n1 x n2`` kernels, plus O(d) per input pair within
+~2.6 degrees of each other or of the antipode.
 """
 
 from __future__ import annotations
@@ -46,6 +68,8 @@ import math
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
+
+from kerntk._checks import is_integer, is_real
 
 __all__ = ["AnalyticKernels", "fcn_kernels", "pnn_kernels", "model_kernels", "kernel_regression"]
 
@@ -57,40 +81,92 @@ class AnalyticKernels(NamedTuple):
     ntk: np.ndarray
 
 
+# Input pairs with 1 -+ cos below this get 1 -+ cos from the difference vectors: from the Gram
+# matrix its relative error is ~eps / (1 -+ cos), i.e. an error ~eps / theta in the angle.
+_REFINE = 1e-3
+
+
 class _State:
-    """Per-feature covariance ``s12`` (n1 x n2), its diagonals ``s11``/``s22`` and NTK ``t12``."""
+    """One layer's per-feature covariance ``s12`` (n1 x n2), its diagonals ``s11``/``s22``, NTK
+    ``t12``, and ``1 - rho`` (``om``) and ``1 + rho`` (``op``) of the features' correlation
+    ``rho = s12 / sqrt(s11 s22)``, kept accurate near ``rho = 1`` and ``-1`` (module docstring)."""
 
     def __init__(self, x1: np.ndarray, x2: np.ndarray):
         d = x1.shape[1]
+        same = x1 is x2 or (x1.shape == x2.shape and np.array_equal(x1, x2))
         self.s12 = x1 @ x2.T / d
         self.s11 = np.einsum("ij,ij->i", x1, x1) / d
-        self.s22 = np.einsum("ij,ij->i", x2, x2) / d
+        self.s22 = self.s11 if same else np.einsum("ij,ij->i", x2, x2) / d
+        if same:
+            np.fill_diagonal(self.s12, self.s11)
         self.t12 = np.zeros_like(self.s12)
+        u1, u2 = _unit_rows(x1), _unit_rows(x2)
+        cos = np.clip(u1 @ u2.T, -1.0, 1.0)
+        self.om, self.op = 1.0 - cos, 1.0 + cos
+        for sign, target in ((-1.0, self.om), (1.0, self.op)):
+            i, j = np.nonzero(target < _REFINE)
+            step = max(1, (1 << 20) // d)
+            for k in range(0, len(i), step):
+                a, b = i[k:k + step], j[k:k + step]
+                diff = u1[a] + sign * u2[b]
+                target[a, b] = np.einsum("ij,ij->i", diff, diff) / 2.0
+        if same:
+            np.fill_diagonal(self.om, 0.0)
 
     def linear(self, W_std: float, b_std: float, use_bias: bool) -> Tuple[np.ndarray, ...]:
+        """``Sigma_z`` (off-diagonal and diagonals), ``Theta_z`` and ``1 -+ cos`` of the angle of
+        ``z = W_std a W/sqrt(fan_in) + b_std b``."""
         b2 = b_std ** 2 if use_bias else 0.0
         w2 = W_std ** 2
         sig12 = w2 * self.s12 + b2
         sig11 = w2 * self.s11 + b2
         sig22 = w2 * self.s22 + b2
         theta12 = sig12 + w2 * self.t12
-        return sig12, sig11, sig22, theta12
+        if b2 == 0.0:
+            return sig12, sig11, sig22, theta12, self.om, self.op
+        r1, r2 = np.sqrt(self.s11), np.sqrt(self.s22)
+        wp = w2 * np.outer(r1, r2)
+        ab = np.sqrt(np.outer(sig11, sig22))                 # >= b2 > 0
+        # ab^2 - (w2 p +- b2)^2 = w2 b2 (sqrt S11 -+ sqrt S22)^2: the norms' share of 1 -+ cos_z.
+        om = (w2 * b2 * np.subtract.outer(r1, r2) ** 2 / (ab + wp + b2) + wp * self.om) / ab
+        with np.errstate(divide="ignore", invalid="ignore"):
+            op = (w2 * b2 * np.add.outer(r1, r2) ** 2 / (ab + wp - b2) + wp * self.op) / ab
+        negative = om > 1.0       # cos_z < 0: there the second form is the accurate one
+        om, op = np.where(negative, 2.0 - op, om), np.where(negative, op, 2.0 - om)
+        return sig12, sig11, sig22, theta12, om, op
 
 
-def _arccos(sig12, sig11, sig22):
-    """Arc-cosine kernels ``k1 = E[relu relu]``, ``k0 = E[relu' relu']`` and the diagonals of k1.
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norm = np.sqrt(np.einsum("ij,ij->i", x, x))
+    return x / np.where(norm > 0, norm, 1.0)[:, None]
+
+
+def _theta_minus_sin(theta: np.ndarray) -> np.ndarray:
+    """``theta - sin(theta)`` without cancellation: its Taylor series below 1 (terms to
+    ``theta^21/21!``, below 1e-19 relative), the difference above."""
+    t2 = theta * theta
+    series = np.zeros_like(theta)
+    for k in range(9, -1, -1):
+        series = 1.0 / math.factorial(2 * k + 3) - t2 * series
+    return np.where(theta < 1.0, theta * t2 * series, theta - np.sin(theta))
+
+
+def _arccos(sig11, sig22, om, op):
+    """Arc-cosine kernels ``k1 = E[relu relu]``, ``k0 = E[relu' relu']``, the diagonals of k1
+    and ``1 - J`` with ``J = k1 / sqrt(E relu(u)^2 E relu(v)^2)`` (module docstring).
 
     Zero-variance inputs (e.g. ``x = 0`` without biases) have ``relu(0) = relu'(0) = 0`` as in
     TensorFlow, so both kernels vanish there.
     """
     norm = np.sqrt(np.outer(sig11, sig22))
-    safe = np.where(norm > 0, norm, 1.0)
-    cos = np.clip(sig12 / safe, -1.0, 1.0)
-    theta = np.arccos(cos)
-    k1 = norm * (np.sin(theta) + (math.pi - theta) * cos) / (2 * math.pi)
-    k0 = np.where(norm > 0, (math.pi - theta) / (2 * math.pi), 0.0)
+    om, op = np.clip(om, 0.0, 2.0), np.clip(op, 0.0, 2.0)     # rounding may step past 0 or 2
+    theta = 2.0 * np.arctan2(np.sqrt(om), np.sqrt(op))
+    one_minus_j = np.clip(((math.pi - theta) * om + _theta_minus_sin(theta)) / math.pi, 0.0, 1.0)
+    k1 = norm * (1.0 - one_minus_j) / 2.0
+    live = norm > 0
+    k0 = np.where(live, (math.pi - theta) / (2 * math.pi), 0.0)
     # E[relu(u)^2] = Var(u)/2.
-    return k1, k0, sig11 / 2.0, sig22 / 2.0
+    return k1, k0, sig11 / 2.0, sig22 / 2.0, np.where(live, one_minus_j, 1.0)
 
 
 def _prepare(x1, x2) -> Tuple[np.ndarray, np.ndarray]:
@@ -110,30 +186,35 @@ def _prepare(x1, x2) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _check_scales(W_std, b_std):
-    if not (np.isfinite(W_std) and W_std > 0):
+    if not (is_real(W_std) and W_std > 0):
         raise ValueError(f"`W_std` must be finite and > 0; got {W_std!r}.")
-    if not (np.isfinite(b_std) and b_std >= 0):
+    if not (is_real(b_std) and b_std >= 0):
         raise ValueError(f"`b_std` must be finite and >= 0; got {b_std!r}.")
+    return float(W_std), float(b_std)
 
 
 def _relu_dense(st: _State, W_std, b_std, use_bias):
-    sig12, sig11, sig22, theta12 = st.linear(W_std, b_std, use_bias)
-    k1, k0, d11, d22 = _arccos(sig12, sig11, sig22)
+    _, sig11, sig22, theta12, om, op = st.linear(W_std, b_std, use_bias)
+    k1, k0, d11, d22, one_minus_j = _arccos(sig11, sig22, om, op)
     st.s12, st.s11, st.s22, st.t12 = k1, d11, d22, k0 * theta12
+    st.om, st.op = one_minus_j, 2.0 - one_minus_j        # rho' = J >= 0
 
 
 def _pnn_block(st: _State, degree, W_std, b_std, use_bias, branch_scale):
-    sig12, sig11, sig22, theta12 = st.linear(W_std, b_std, use_bias)
-    k1, k0, d11, d22 = _arccos(sig12, sig11, sig22)
+    _, sig11, sig22, theta12, om, op = st.linear(W_std, b_std, use_bias)
+    k1, k0, d11, d22, one_minus_j = _arccos(sig11, sig22, om, op)
     s2 = branch_scale ** 2
     st.s12 = (s2 * k1) ** degree
     st.s11 = (s2 * d11) ** degree
     st.s22 = (s2 * d22) ** degree
     st.t12 = degree * s2 * k0 * (s2 * k1) ** (degree - 1) * theta12
+    with np.errstate(divide="ignore"):                   # log1p(-1) = -inf: J = 0, rho' = 0
+        st.om = -np.expm1(degree * np.log1p(-one_minus_j))   # 1 - J^N
+    st.op = 2.0 - st.om
 
 
 def _head(st: _State, W_std, b_std, use_bias) -> AnalyticKernels:
-    sig12, _, _, theta12 = st.linear(W_std, b_std, use_bias)
+    sig12, _, _, theta12, _, _ = st.linear(W_std, b_std, use_bias)
     return AnalyticKernels(nngp=sig12, ntk=theta12)
 
 
@@ -154,9 +235,9 @@ def fcn_kernels(x1, x2=None, *, depth: int, W_std: float = 1.0, b_std: float = 1
     Returns:
         :class:`AnalyticKernels` of two ``(n1, n2)`` float64 arrays.
     """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+    if not is_integer(depth) or depth < 1:
         raise ValueError(f"`depth` must be a positive integer; got {depth!r}.")
-    _check_scales(W_std, b_std)
+    W_std, b_std = _check_scales(W_std, b_std)
     st = _State(*_prepare(x1, x2))
     for _ in range(depth - 1):
         _relu_dense(st, W_std, b_std, use_bias)
@@ -181,9 +262,10 @@ def pnn_kernels(x1, x2=None, *, degree: int, W_std: float = 1.0, b_std: float = 
         blocks: number of PolyDense blocks.
     """
     for name, v in (("degree", degree), ("blocks", blocks)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if not is_integer(v) or v < 1:
             raise ValueError(f"`{name}` must be a positive integer; got {v!r}.")
-    _check_scales(W_std, b_std)
+    degree, blocks = int(degree), int(blocks)
+    W_std, b_std = _check_scales(W_std, b_std)
     variance = W_std ** 2 + (b_std ** 2 if use_bias else 0.0)
     scale = math.sqrt(2.0 / variance)
     st = _State(*_prepare(x1, x2))
