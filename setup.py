@@ -7,6 +7,7 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["kerntk", "kerntk.*"]),
+    package_data={"kerntk.datasets": ["data/*.npz"]},
     python_requires=">=3.10",
     install_requires=[
         "keras>=3",

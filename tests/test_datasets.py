@@ -1,6 +1,7 @@
 """kerntk.datasets: image loaders (local files, tfds mock, offline path) and synthetic tasks."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -12,7 +13,9 @@ import pytest
 import kerntk.datasets as kd
 from kerntk.datasets import images
 
-SHARED = "/work/shared/datasets"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: A full offline data directory (CI sets it; see .ci/run), or None.
+ENV_DATA_DIR = os.environ.get(kd.DATA_DIR_ENV) or None
 
 
 # ----------------------------------------------------------------------------- fixtures / helpers
@@ -38,9 +41,9 @@ def local_dir(tmp_path):
 
 
 @pytest.fixture
-def no_default_dir(monkeypatch, tmp_path):
-    """Hide ../shared/datasets and $KERNTK_DATA_DIR so that only what a test names is searched."""
-    monkeypatch.setattr(images, "_repo_default_data_dir", lambda: str(tmp_path / "absent"))
+def no_default_dir(monkeypatch):
+    """Hide $KERNTK_DATA_DIR so that only what a test names (and the packaged subset) is
+    searched."""
     monkeypatch.delenv(kd.DATA_DIR_ENV, raising=False)
 
 
@@ -146,18 +149,118 @@ def test_nan_images_rejected(tmp_path, no_default_dir):
         kd.load("usps", "train", data_dir=str(tmp_path))
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED), reason="shared offline datasets not present")
-def test_shared_datasets_directory():
-    # Class counts and shapes from the shared README (mnist test: the official 10k test set).
-    x, y = kd.load("mnist", "test", data_dir=SHARED)
+def _offline_set(*files):
+    """$KERNTK_DATA_DIR when it holds the offline data set's files (CI), else None."""
+    if ENV_DATA_DIR and all(os.path.isfile(os.path.join(ENV_DATA_DIR, f)) for f in files):
+        return ENV_DATA_DIR
+    return None
+
+
+OFFLINE_SET = _offline_set("mnist/test.npz", "cifar10/train_4k.npz", "usps/train.npz")
+
+
+@pytest.mark.skipif(OFFLINE_SET is None, reason="needs $KERNTK_DATA_DIR with the offline data set "
+                    "(mnist/test.npz, cifar10/train_4k.npz, usps/train.npz), as .ci/run sets it")
+def test_offline_datasets_directory():
+    # Class counts and shapes of the offline data set (mnist test: the official 10k test set;
+    # cifar10 train_4k: the first 4000 training images).
+    x, y = kd.load("mnist", "test", data_dir=OFFLINE_SET)
     assert x.shape == (10000, 28, 28, 1) and 0.0 <= x.min() and x.max() <= 1.0
     np.testing.assert_array_equal(np.bincount(y, minlength=10),
                                   [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
-    x, y = kd.load("cifar10", "train", data_dir=SHARED, classes=(0, 2), labels="pm1")
+    x, y = kd.load("cifar10", "train", data_dir=OFFLINE_SET, classes=(0, 2), labels="pm1")
     assert x.shape == (396 + 420, 32, 32, 3)
     assert (y == -1).sum() == 396 and (y == 1).sum() == 420
-    x, _ = kd.load("usps", "train", data_dir=SHARED, normalize="raw")
+    x, _ = kd.load("usps", "train", data_dir=OFFLINE_SET, normalize="raw")
     assert x.shape == (7291, 16, 16, 1) and x.min() >= -1.0 and x.max() <= 1.0
+
+
+# ----------------------------------------------------------------------------- packaged subset
+
+def _no_tfds(monkeypatch):
+    monkeypatch.setattr(images, "_load_tfds",
+                        lambda *a, **k: pytest.fail("tensorflow-datasets was consulted"))
+
+
+def test_packaged_subset_serves_the_demo_without_any_data_dir(no_default_dir, monkeypatch):
+    _no_tfds(monkeypatch)
+    assert kd.candidate_data_dirs() == []
+    path = images._packaged_path("cifar10", "train")
+    assert os.path.getsize(path) < 2 * 2 ** 20
+    with np.load(path) as f:
+        x_raw, y_raw, index = f["x"], f["y"], f["index"]
+    assert x_raw.shape == (256, 32, 32, 3) and x_raw.dtype == np.uint8
+    assert set(np.unique(y_raw)) == {7, 9} and np.all(np.diff(index.astype(int)) > 0)
+    # the README demo's load (examples/_cifar2.py)
+    x, y = kd.load("cifar10", "train", classes=(7, 9), n=128, seed=0, flatten=True,
+                   normalize="standardize", labels="pm1")
+    assert x.shape == (128, 3072) and set(np.unique(y)) == {-1.0, 1.0}
+    # without a seed: the first n in the file's order, labels relabelled in the order given
+    x, y = kd.load("cifar10", "train", classes=(9, 7), n=5, normalize="raw")
+    np.testing.assert_array_equal(x, x_raw[:5].astype(np.float32))
+    np.testing.assert_array_equal(y, (y_raw[:5] == 7).astype(int))
+    # with a seed: a permutation of the subset's images of those classes
+    xs, _ = kd.load("cifar10", "train", classes=(7,), n=124, seed=1, normalize="raw",
+                    flatten=True)
+    horses = x_raw[y_raw == 7].reshape(124, -1).astype(np.float32)
+    np.testing.assert_array_equal(xs, horses[np.random.default_rng(1).permutation(124)])
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(classes=(7, 9), n=4000),   # more than the subset holds
+    dict(classes=(7,), n=125),      # 124 horses in the subset
+    dict(classes=(7, 9), n=None),   # all of the split's horses and trucks
+    dict(classes=(0, 7), n=2),      # a class it does not hold
+    dict(n=8),                      # all classes
+])
+def test_packaged_subset_never_truncates(tmp_path, no_default_dir, monkeypatch, kwargs):
+    monkeypatch.setattr(images, "network_available", lambda timeout=2.0: False)
+    with pytest.raises(kd.DatasetNotFoundError, match="packaged subset") as err:
+        kd.load("cifar10", "train", tfds_data_dir=str(tmp_path / "tfds"), **kwargs)
+    assert "KERNTK_DATA_DIR" in str(err.value)
+    # the whole split is never the subset
+    with pytest.raises(kd.DatasetNotFoundError):
+        kd.load_raw("cifar10", "train", tfds_data_dir=str(tmp_path / "tfds"), download=False)
+
+
+def test_local_directory_wins_over_packaged_subset(local_dir, no_default_dir, monkeypatch):
+    _no_tfds(monkeypatch)
+    x_raw, y_raw = _raw(local_dir, "cifar10", "train_4k.npz")
+    expected = x_raw[np.isin(y_raw, (7, 9))].astype(np.float32)
+    x, _ = kd.load("cifar10", "train", classes=(7, 9), n=len(expected), normalize="raw",
+                   data_dir=local_dir)
+    np.testing.assert_array_equal(x, expected)
+    monkeypatch.setenv(kd.DATA_DIR_ENV, local_dir)
+    x, _ = kd.load("cifar10", "train", classes=(7, 9), n=len(expected), normalize="raw")
+    np.testing.assert_array_equal(x, expected)
+
+
+@pytest.mark.skipif(_offline_set("cifar10/train_4k.npz") is None,
+                    reason="needs $KERNTK_DATA_DIR with cifar10/train_4k.npz, as .ci/run sets it")
+def test_packaged_subset_is_the_head_of_the_full_split(monkeypatch):
+    # Unseeded loads agree with a full copy in the original order.
+    full = kd.load("cifar10", "train", classes=(7, 9), n=256, normalize="raw",
+                   data_dir=ENV_DATA_DIR)
+    monkeypatch.delenv(kd.DATA_DIR_ENV)
+    _no_tfds(monkeypatch)
+    packaged = kd.load("cifar10", "train", classes=(7, 9), n=256, normalize="raw")
+    for a, b in zip(full, packaged):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_product_names_no_workspace_path():
+    # kerntk and its README work from a bare clone: no path into a workspace next to the repo.
+    pattern = re.compile(r"\.\./shared|shared/(datasets|papers|docs|tools)|[\"']shared[\"']")
+    offenders = []
+    paths = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "setup.py")]
+    for top, _, files in os.walk(os.path.join(ROOT, "kerntk")):
+        paths += [os.path.join(top, f) for f in files if f.endswith((".py", ".md", ".txt"))]
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            for i, line in enumerate(fh, 1):
+                if pattern.search(line):
+                    offenders.append(f"{os.path.relpath(path, ROOT)}:{i}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
 
 
 # ----------------------------------------------------------------------------- tfds and offline

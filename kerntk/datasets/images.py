@@ -1,17 +1,28 @@
 """Image classification datasets as NumPy arrays: MNIST, Fashion-MNIST, CIFAR-10 (and CIFAR-2 style
 class subsets) and USPS.
 
-Where the data come from, in order (the first that has the split wins):
+Where the data come from, in order (the first that can serve the load wins):
 
 1. A local directory of ``.npz`` files laid out as ``<dir>/<name>/<split>*.npz`` with arrays ``x``
    (images, ``(N, H, W)`` or ``(N, H, W, C)``) and ``y`` (integer labels, ``(N,)``). The directory is
-   the ``data_dir=`` argument, else ``$KERNTK_DATA_DIR``, else ``../shared/datasets`` next to the
-   repository root when it exists. A split file may carry a size suffix (``train_4k.npz``,
-   ``test_1k.npz``); ``train.npz`` is preferred over suffixed files when both exist.
-2. tensorflow-datasets data that is already prepared (``tfds.load(..., download=False)``).
-3. A tensorflow-datasets download, only when ``download=True``, or ``download="auto"`` and the
+   the ``data_dir=`` argument, else ``$KERNTK_DATA_DIR``. A split file may carry a size suffix
+   (``train_4k.npz``, ``test_1k.npz``); ``train.npz`` is preferred over suffixed files when both
+   exist.
+2. The real data shipped inside kerntk (:data:`PACKAGED_SUBSETS`): the first 256 CIFAR-10
+   training images of classes 7 (horse) and 9 (truck), in the training set's original order
+   (124 horses, 132 trucks). It serves a :func:`load` only when it holds the whole request: CIFAR-10
+   ``"train"``, ``classes`` given and among (7, 9), and ``n`` given and at most the number of
+   images of those classes it holds. Anything else (``n=4000``, ``n=None``, other classes or
+   splits, :func:`load_raw`) is never cut down to the subset; it goes on to the next sources.
+3. tensorflow-datasets data that is already prepared (``tfds.load(..., download=False)``).
+4. A tensorflow-datasets download, only when ``download=True``, or ``download="auto"`` and the
    network answers a 2-second probe. Offline this fails within seconds with a message that says
    how to point kerntk at local files, instead of tfds's minutes-long retry loop.
+
+The packaged subset is what lets the README's demo (128 CIFAR-2 points, classes 7/9) run from a
+bare install without a network. CIFAR-10 is by Alex Krizhevsky, "Learning Multiple Layers of
+Features from Tiny Images", tech. report, University of Toronto, 2009
+(https://www.cs.toronto.edu/~kriz/cifar.html).
 
 tensorflow-datasets is imported inside the functions that need it, so ``import kerntk`` (and
 ``import kerntk.datasets``) never imports it.
@@ -20,6 +31,7 @@ tensorflow-datasets is imported inside the functions that need it, so ``import k
 from __future__ import annotations
 
 import glob
+import importlib.resources
 import os
 import socket
 import threading
@@ -52,27 +64,43 @@ class DatasetNotFoundError(FileNotFoundError):
     """No local file, no prepared tfds data, and no (allowed or reachable) download."""
 
 
-def _repo_default_data_dir() -> str:
-    """``<repo root>/../shared/datasets``: the shared offline datasets next to a checkout."""
-    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.normpath(os.path.join(repo_root, "..", "shared", "datasets"))
+#: Real data shipped in ``kerntk/datasets/data/``: ``(name, split)`` → the file and the classes it
+#: holds. Each file holds arrays ``x``, ``y`` (stored layout, as a local ``.npz``) and ``index``
+#: (each image's index in the original split). See the module docstring for when one is used.
+PACKAGED_SUBSETS = {
+    ("cifar10", "train"): dict(file="cifar10_train_classes7_9_256.npz", classes=(7, 9)),
+}
 
 
 def candidate_data_dirs(data_dir: Optional[str] = None) -> list:
-    """Local directories searched for ``<name>/<split>*.npz``, in order.
-
-    ``data_dir`` if given, else ``$KERNTK_DATA_DIR`` if set; then the repository's
-    ``../shared/datasets`` when that directory exists.
-    """
-    dirs = []
+    """Local directories searched for ``<name>/<split>*.npz``: ``[data_dir]`` if given, else
+    ``[$KERNTK_DATA_DIR]`` if set, else ``[]``."""
     if data_dir is not None:
-        dirs.append(os.fspath(data_dir))
-    elif os.environ.get(DATA_DIR_ENV):
-        dirs.append(os.environ[DATA_DIR_ENV])
-    default = _repo_default_data_dir()
-    if os.path.isdir(default) and default not in dirs:
-        dirs.append(default)
-    return dirs
+        return [os.fspath(data_dir)]
+    if os.environ.get(DATA_DIR_ENV):
+        return [os.environ[DATA_DIR_ENV]]
+    return []
+
+
+def _packaged_path(name: str, split: str) -> Optional[str]:
+    entry = PACKAGED_SUBSETS.get((name, split))
+    if entry is None:
+        return None
+    return str(importlib.resources.files(__package__) / "data" / entry["file"])
+
+
+def _packaged_file_for(name: str, split: str, classes: Optional[Sequence[int]],
+                       n: Optional[int]) -> Optional[str]:
+    """The packaged subset's path when it holds a load's whole request, else None."""
+    entry = PACKAGED_SUBSETS.get((name, split))
+    if entry is None or classes is None or n is None or not set(classes) <= set(entry["classes"]):
+        return None
+    path = _packaged_path(name, split)
+    if not os.path.isfile(path):
+        return None
+    with np.load(path) as f:
+        available = int(np.isin(f["y"], list(classes)).sum())
+    return path if n <= available else None
 
 
 def find_local_file(name: str, split: str, data_dir: Optional[str] = None) -> Optional[str]:
@@ -115,9 +143,15 @@ def network_available(timeout: float = 2.0) -> bool:
 
 def _not_found_message(name: str, split: str, data_dir: Optional[str], reason: str) -> str:
     searched = candidate_data_dirs(data_dir)
+    entry = PACKAGED_SUBSETS.get((name, split))
+    packaged = "" if entry is None else (
+        f" kerntk's packaged subset of this split ({entry['file']}: classes "
+        f"{list(entry['classes'])} only) serves only loads with classes among those and an n it "
+        f"holds in full; this load asks for more.")
     return (
         f"Could not load {name!r} split {split!r}: {reason}. Local directories searched: "
-        f"{searched or 'none'}. Point kerntk at local .npz files with "
+        f"{searched or f'none (data_dir not given, {DATA_DIR_ENV} not set)'}.{packaged} Point "
+        f"kerntk at local .npz files with "
         f"`kerntk.datasets.load({name!r}, {split!r}, data_dir=DIR)` or by setting the environment "
         f"variable {DATA_DIR_ENV}=DIR, where DIR/{name}/{split}.npz (or {split}_*.npz) holds "
         f"arrays x (images) and y (integer labels)."
@@ -170,13 +204,23 @@ def load_raw(name: str, split: str, *, data_dir: Optional[str] = None,
     """The stored arrays of a split, unprocessed: ``(x, y, source)``.
 
     ``x`` keeps its stored dtype and layout (``(N, H, W)`` or ``(N, H, W, C)``), ``y`` is the integer
-    labels ``(N,)``, ``source`` is the ``.npz`` path or ``"tfds:<name>"``. See :func:`load` for the
-    arguments.
+    labels ``(N,)``, ``source`` is the ``.npz`` path or ``"tfds:<name>"``. Always the whole split,
+    so never the packaged subset. See :func:`load` for the arguments.
     """
+    return _load_split(name, split, data_dir, tfds_data_dir, download)
+
+
+def _load_split(name: str, split: str, data_dir: Optional[str], tfds_data_dir: Optional[str],
+                download: Union[bool, str], classes: Optional[Sequence[int]] = None,
+                n: Optional[int] = None) -> tuple:
+    """``(x, y, source)`` from the first source that can serve ``n`` examples of ``classes``
+    (module docstring); ``classes=None`` or ``n=None`` asks for the whole split."""
     _check_name_split(name, split)
     if download not in (True, False, "auto"):
         raise ValueError(f"download must be True, False or 'auto'; got {download!r}.")
     path = find_local_file(name, split, data_dir)
+    if path is None:
+        path = _packaged_file_for(name, split, classes, n)
     if path is not None:
         with np.load(path) as f:
             if "x" not in f or "y" not in f:
@@ -248,11 +292,18 @@ def load(name: str, split: str = "train", *, data_dir: Optional[str] = None,
         name: ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"`` or ``"usps"``.
         split: ``"train"`` or ``"test"``.
         data_dir: local directory with ``<name>/<split>*.npz`` files (see the module docstring);
-            default ``$KERNTK_DATA_DIR``, then ``../shared/datasets`` next to the repository.
+            default ``$KERNTK_DATA_DIR``. When neither is given (or has the split), the packaged
+            CIFAR-10 subset serves the loads it holds in full, then tensorflow-datasets.
         classes: keep only these original class ids, e.g. ``(7, 9)`` or ``(0, 2)`` for a CIFAR-2
             task. With ``relabel=True`` (default) label ``classes[i]`` becomes ``i``.
-        n: keep this many examples (after the class filter): the first ``n`` in the file's order,
-            or a random ``n`` when ``seed`` is given. ``None`` keeps all.
+        n: keep this many examples (after the class filter): the first ``n`` in the source's
+            order, or a random ``n`` when ``seed`` is given. ``None`` keeps all. A source holding
+            fewer than ``n`` raises ``ValueError``, except the packaged subset, which is then
+            skipped (never truncated) for the next source. The packaged subset holds the first
+            images of its classes in the original order, so without ``seed`` it gives the same
+            examples as a full copy in that order (e.g. the official CIFAR-10 batches); with
+            ``seed`` the ``n`` are drawn from the subset's images, not from the whole split, so
+            the same seed picks different examples from it than from a full copy.
         normalize: ``"unit"`` (default) maps the stored range to [0, 1]: ``x / 255`` for the uint8
             sets, ``(x + 1) / 2`` for USPS (stored in [-1, 1]). ``"raw"`` (or False) keeps the
             stored values as float32. ``"standardize"``: unit-range, then each example has zero
@@ -264,7 +315,9 @@ def load(name: str, split: str = "train", *, data_dir: Optional[str] = None,
             else ``2·onehot − 1`` of shape ``(N, C)``. C is ``len(classes)`` when ``relabel``,
             else 10.
         relabel: renumber ``classes`` as ``0..len(classes)-1`` in the order given.
-        seed: shuffle before taking ``n`` (and return the examples in shuffled order).
+        seed: shuffle the source's examples (after the class filter) with
+            ``np.random.default_rng(seed).permutation`` before taking ``n``, and return them in
+            shuffled order.
         tfds_data_dir: tensorflow-datasets data directory (its default when None).
         download: ``"auto"`` (default) downloads through tfds only if the network answers a
             2-second probe; ``True`` always tries; ``False`` never does.
@@ -298,8 +351,7 @@ def load(name: str, split: str = "train", *, data_dir: Optional[str] = None,
     if n is not None and (int(n) != n or n < 1):
         raise ValueError(f"n must be a positive integer or None; got {n!r}.")
 
-    x, y, source = load_raw(name, split, data_dir=data_dir, tfds_data_dir=tfds_data_dir,
-                            download=download)
+    x, y, source = _load_split(name, split, data_dir, tfds_data_dir, download, classes, n)
     y = y.astype(np.int64)
     if classes is not None:
         keep = np.isin(y, classes)
