@@ -17,9 +17,9 @@ homogeneous, so brightening scales its features instead of moving them; a ReLU n
 not. With ``--nouse_bias`` the fcn is homogeneous too and the comparison changes; the flag is
 there to show it.)
 
-Data through ``kerntk.datasets.load`` (``--data_dir`` or ``$KERNTK_DATA_DIR``, else
-``../shared/datasets``, else tensorflow-datasets). Writes ``<out_dir>/brightness_extrapolation.png``
-(example images at each r_max and accuracy vs r_max, per dataset) and ``.json``.
+Data through ``kerntk.datasets.load`` (``--data_dir``, else ``$KERNTK_DATA_DIR``, else
+tensorflow-datasets). Writes ``<out_dir>/brightness_extrapolation.png`` (example images at each
+r_max and accuracy vs r_max, per dataset) and ``.json``.
 
     python examples/brightness_extrapolation.py [--n_train 10000] [--epochs 5] [--smoke]
 """

@@ -1,6 +1,8 @@
 """Catapult demo, the README's main command (thesis Fig. 4.3): GD above the critical learning rate.
 
-128 CIFAR-2 points (classes 7/9), a 5-layer NTK-parameterized ReLU fcn of width 1024 without
+128 CIFAR-2 points (classes 7/9: from the subset shipped with kerntk, so the demo runs offline,
+unless ``--data_dir`` or ``$KERNTK_DATA_DIR`` name a directory holding CIFAR-10; see
+``kerntk.datasets.load``), a 5-layer NTK-parameterized ReLU fcn of width 1024 without
 biases, full-batch GD at 1.6 x ``eta_crit = n / lambda_max(K)`` for 120 steps, watched by kerntk's
 ``NTKSpectrumTracker`` (top NTK eigenvalues, loss split into the top-5 eigenspace L<=5 and the
 rest L>5) and ``CriticalLRMonitor`` (eta_crit, catapult events, loss spikes). Expected: the loss

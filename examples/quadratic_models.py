@@ -18,10 +18,12 @@ Expected (thesis Sec. 3.4): below ``eta_crit`` the three models coincide; above 
 diverges, while ``f`` and ``f_quad`` converge through a catapult (loss spike) to a lower best
 test loss; ``f_quad`` diverges beyond about ``2 eta_crit``, ``f`` later.
 
-Data: MNIST-2 (default digits 0 -> +1 and 2 -> -1; train points from ``mnist/train.npz``, test
-points from ``mnist/test.npz``) or CIFAR-2 (``--dataset=cifar10``, default classes airplane/bird
-as in the thesis, ``train_4k`` / ``test_1k``), flattened and scaled per image to
-``||x|| = sqrt(d)``. Biases are off by default (SPEC §5: NTK-parameterized biases dominate the NTK).
+Data: MNIST-2 (default digits 0 -> +1 and 2 -> -1; train points from the MNIST training split,
+test points from its test split) or CIFAR-2 (``--dataset=cifar10``, default classes airplane/bird
+as in the thesis), through ``kerntk.datasets.load`` (``--data_dir``, else ``$KERNTK_DATA_DIR``,
+else tensorflow-datasets): the first ``n/2`` images of each class in the split's order, flattened
+and scaled per image to ``||x|| = sqrt(d)``. Biases are off by default (SPEC §5:
+NTK-parameterized biases dominate the NTK).
 
     python examples/quadratic_models.py --out_dir /tmp/qm            # full run (minutes)
     python examples/quadratic_models.py --smoke --out_dir /tmp/qm    # seconds
@@ -51,18 +53,14 @@ from absl import app, flags  # noqa: E402
 
 import kerntk  # noqa: E402
 
-_DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
-                          "datasets")
-_FILES = {"mnist": ("mnist/train.npz", "mnist/test.npz"),
-          "cifar10": ("cifar10/train_4k.npz", "cifar10/test_1k.npz")}
-
-flags.DEFINE_enum("dataset", "mnist", list(_FILES), "MNIST-2 or CIFAR-2.")
-flags.DEFINE_string("data_root", _DATA_ROOT, "Folder holding mnist/ and cifar10/ npz files.")
+flags.DEFINE_enum("dataset", "mnist", ["mnist", "cifar10"], "MNIST-2 or CIFAR-2.")
+flags.DEFINE_string("data_dir", None, "Directory with <name>/<split>*.npz files (default: "
+                    "$KERNTK_DATA_DIR, else tensorflow-datasets).")
 flags.DEFINE_list("classes", None, "The two classes (+1, -1); default 0,2 (airplane/bird for "
                   "CIFAR-10, digits 0/2 for MNIST).")
 flags.DEFINE_integer("n_train", 128, "Training points (even; half per class). Thesis: 128 "
                      "(MNIST) / 256 (CIFAR-2).")
-flags.DEFINE_integer("n_test", 500, "Test points (half per class, at most what the file has).")
+flags.DEFINE_integer("n_test", 500, "Test points (half per class, at most what the split has).")
 flags.DEFINE_integer("width", 2048, "Hidden width of the 2-layer fcn (thesis: 5000).")
 flags.DEFINE_boolean("use_bias", False, "Biases in the fcn (b_std below).")
 flags.DEFINE_float("b_std", 1.0, "Bias scale when --use_bias.")
@@ -79,19 +77,17 @@ flags.DEFINE_string("out_dir", "out/quadratic_models", "Where the PNG and JSON g
 FLAGS = flags.FLAGS
 
 
-def load_two_classes(path, classes, n, rng):
+def load_two_classes(name, split, classes, n, rng, data_dir):
     """First ``n/2`` images of each class (shuffled together), labels +1/-1, ``||x|| = sqrt(d)``."""
-    d = np.load(path)
-    x, y = d["x"], d["y"].reshape(-1)
-    idx = [np.flatnonzero(y == c)[: n // 2] for c in classes]
-    if min(len(i) for i in idx) < n // 2:
-        raise ValueError(f"{path} has fewer than {n // 2} images of one of the classes {classes}.")
-    idx = np.concatenate(idx)
-    rng.shuffle(idx)
-    xs = x[idx].reshape(len(idx), -1).astype("float64") / 255.0
+    # raw: the stored 0..255 values, so the scaling below is done in float64
+    parts = [kerntk.datasets.load(name, split, classes=(c,), n=n // 2, normalize="raw",
+                                  flatten=True, data_dir=data_dir)[0] for c in classes]
+    order = np.arange(2 * (n // 2))
+    rng.shuffle(order)
+    xs = np.concatenate(parts).astype("float64")[order] / 255.0
     xs -= xs.mean(axis=1, keepdims=True)
     xs *= np.sqrt(xs.shape[1]) / np.linalg.norm(xs, axis=1, keepdims=True)
-    ys = np.where(y[idx] == classes[0], 1.0, -1.0)[:, None]
+    ys = np.repeat([1.0, -1.0], n // 2)[order][:, None]
     return xs.astype("float32"), ys.astype("float32")
 
 
@@ -221,9 +217,9 @@ def main(_):
     if len(classes) != 2 or classes[0] == classes[1]:
         raise ValueError(f"--classes needs two distinct classes; got {FLAGS.classes}.")
     rng = np.random.default_rng(FLAGS.seed)
-    train_file, test_file = (os.path.join(FLAGS.data_root, f) for f in _FILES[FLAGS.dataset])
-    x, y = load_two_classes(train_file, classes, FLAGS.n_train, rng)
-    x_test, y_test = load_two_classes(test_file, classes, FLAGS.n_test, rng)
+    x, y = load_two_classes(FLAGS.dataset, "train", classes, FLAGS.n_train, rng, FLAGS.data_dir)
+    x_test, y_test = load_two_classes(FLAGS.dataset, "test", classes, FLAGS.n_test, rng,
+                                      FLAGS.data_dir)
     t0 = time.time()
 
     keras.utils.set_random_seed(FLAGS.seed)

@@ -9,10 +9,11 @@ relative change of the tangent kernel on the training points during training,
 against ``m`` on log-log axes; the theory (Thm 2.3.6) predicts ``Theta(1/sqrt(m))``, slope -1/2.
 
 Data: the first ``n/2`` images of each of two classes (default airplane = +1, automobile = -1)
-of ``shared/datasets/cifar10/train_4k.npz``, average-pooled ``--pool`` x ``--pool`` (see below),
-flattened, then standardized *per image* (zero mean, unit variance over its own d coordinates,
-so ``||x||^2 = d`` and each input neuron is O(1), matching the N(0, 1) / sqrt(in-degree)
-scaling).
+of the CIFAR-10 training split, in its order, through ``kerntk.datasets.load`` (``--data_dir``,
+else ``$KERNTK_DATA_DIR``, else tensorflow-datasets), average-pooled ``--pool`` x ``--pool`` (see
+below), flattened, then standardized *per image* (zero mean, unit variance over its own d
+coordinates, so ``||x||^2 = d`` and each input neuron is O(1), matching the N(0, 1) /
+sqrt(in-degree) scaling).
 
 Why ``--pool``: in a DenseNet the input feeds every layer, so a hidden neuron's in-degree is about
 ``(d + (l - 1) m) / 2`` and the width of Def. 2.2.7 is at least ``d / 2``. With the full d = 3072,
@@ -51,13 +52,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+import kerntk.datasets  # noqa: E402
 from kerntk.graph import densenet_graph  # noqa: E402
 from kerntk.layers import DAG  # noqa: E402
 
-_DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
-                             "datasets", "cifar10", "train_4k.npz")
-
-flags.DEFINE_string("data", _DEFAULT_DATA, "CIFAR-10 .npz with x uint8 (N, 32, 32, 3), y (N,).")
+flags.DEFINE_string("data_dir", None, "Directory with cifar10/<split>*.npz files (default: "
+                    "$KERNTK_DATA_DIR, else tensorflow-datasets).")
 flags.DEFINE_string("out_dir", "out/transition_to_linearity", "Where the PNG and JSON go.")
 flags.DEFINE_list("classes", ["0", "1"], "The two CIFAR-10 classes, labelled +1 and -1.")
 flags.DEFINE_integer("n_points", 10, "Training points (even; half from each class).")
@@ -79,24 +79,20 @@ flags.DEFINE_bool("smoke", False, "Tiny run for tests: widths 2..8, one seed, fe
 FLAGS = flags.FLAGS
 
 
-def load_cifar2(path: str, classes, n_points: int, pool: int):
+def load_cifar2(data_dir, classes, n_points: int, pool: int):
     """Returns ``x (n, d)`` float32 standardized per image and ``y (n,)`` in {+1, -1}."""
-    if not os.path.exists(path):
-        raise ValueError(f"CIFAR-10 file not found: {path!r}; pass --data.")
     if n_points < 2 or n_points % 2:
         raise ValueError(f"--n_points must be an even number >= 2; got {n_points}.")
     if len(classes) != 2 or 32 % pool:
         raise ValueError(f"--classes needs two labels and --pool must divide 32; got {classes}, "
                          f"{pool}.")
-    data = np.load(path)
-    x_all, y_all = data["x"].astype(np.float64) / 255.0, data["y"].astype(int)
     xs, ys = [], []
     for label, cls in zip((1.0, -1.0), (int(c) for c in classes)):
-        idx = np.flatnonzero(y_all == cls)[: n_points // 2]
-        if len(idx) < n_points // 2:
-            raise ValueError(f"Class {cls} has only {len(idx)} images in {path!r}.")
-        xs.append(x_all[idx])
-        ys.append(np.full(len(idx), label))
+        # raw: the stored 0..255 values, scaled in float64 below
+        x_cls, _ = kerntk.datasets.load("cifar10", "train", classes=(cls,), n=n_points // 2,
+                                        normalize="raw", data_dir=data_dir)
+        xs.append(x_cls.astype(np.float64) / 255.0)
+        ys.append(np.full(len(x_cls), label))
     x = np.concatenate(xs)
     if pool > 1:
         n, h, w, c = x.shape
@@ -225,7 +221,7 @@ def main(argv):
         raise ValueError("Need 0 <= --min_log2_width < --max_log2_width (two widths to fit).")
     if FLAGS.seeds < 1:
         raise ValueError(f"--seeds must be >= 1; got {FLAGS.seeds}.")
-    x, y = load_cifar2(FLAGS.data, FLAGS.classes, FLAGS.n_points, FLAGS.pool)
+    x, y = load_cifar2(FLAGS.data_dir, FLAGS.classes, FLAGS.n_points, FLAGS.pool)
     ntk, ntk_source = ntk_function()
     widths = [2 ** k for k in range(FLAGS.min_log2_width, FLAGS.max_log2_width + 1)]
     os.makedirs(FLAGS.out_dir, exist_ok=True)
