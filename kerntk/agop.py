@@ -19,6 +19,8 @@ from typing import Callable, NamedTuple, Optional, Union
 
 import numpy as np
 
+from kerntk import _checks as checks
+
 __all__ = ["AGOPFactor", "agop", "egop", "alignment", "alignment_fn"]
 
 
@@ -96,7 +98,7 @@ def _input_jacobian(fn: Callable, xb):
 def _check_batch(x) -> np.ndarray:
     """``x`` as a numpy batch (a 1-D ``x`` is ``n`` samples of one feature); ``ValueError`` if
     empty or not finite."""
-    x = np.asarray(x)
+    x = checks.array("x", x)
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"`x` must be a non-empty batch; got shape {x.shape}.")
     if not np.all(np.isfinite(x.astype(np.float64))):
@@ -139,10 +141,43 @@ def _callable_and_dtype(model_or_callable):
         if dtype in ("float16", "bfloat16"):
             raise ValueError("Mixed-precision model: input gradients in float16 are too coarse; "
                              "compute the AGOP of a float32 copy.")
+        _check_model_inputs(model)
         return (lambda t: model(t, training=False)), model, dtype
     if not callable(model_or_callable):
         raise ValueError(f"Expected a Keras model or a callable; got {model_or_callable!r}.")
     return model_or_callable, model_or_callable, "float64"
+
+
+def _check_model_inputs(model) -> None:
+    """The AGOP differentiates with respect to the one input: refuse models with several inputs
+    or integer inputs (token ids: their gradient is undefined, TensorFlow returns zeros)."""
+    try:
+        inputs = list(model.inputs or [])
+    except (AttributeError, ValueError):      # subclassed or not yet built: nothing declared
+        return
+    if len(inputs) > 1:
+        raise ValueError(f"The model has {len(inputs)} inputs; the AGOP is defined here for a "
+                         f"model of one input array: wrap the model so that it takes one array.")
+    if inputs and not str(inputs[0].dtype).startswith(("float", "bfloat")):
+        raise ValueError(f"The model's input has dtype {inputs[0].dtype}: the AGOP needs float "
+                         f"inputs, since it averages gradients with respect to the inputs (for "
+                         f"integer inputs such as token ids they are undefined). Compute the AGOP "
+                         f"of the part of the model that starts at float features (e.g. after an "
+                         f"Embedding).")
+
+
+def _check_metrics(metrics) -> tuple:
+    """``metrics`` as a non-empty tuple of names in :data:`METRICS`; one name is one metric."""
+    given = metrics
+    metrics = (metrics,) if isinstance(metrics, str) else metrics
+    try:
+        metrics = tuple(metrics)
+    except TypeError:
+        metrics = ()
+    if not metrics or any(m not in METRICS for m in metrics):
+        raise ValueError(f"`metrics` must be a metric name or a non-empty sequence of them, from "
+                         f"{METRICS}; got {given!r}.")
+    return metrics
 
 
 def agop(model_or_callable, x, *, center: bool = False, low_rank: bool = False,
@@ -153,7 +188,9 @@ def agop(model_or_callable, x, *, center: bool = False, low_rank: bool = False,
         model_or_callable: a Keras model (called with ``training=False``, in its compute dtype) or
             a callable mapping a ``tf.Tensor`` ``(b, ...)`` to ``(b,)`` or ``(b, c)`` with
             TensorFlow ops (called in float64 unless ``dtype`` is given).
-        x: ``(n, ...)`` inputs; ``d = prod(x.shape[1:])``.
+        x: ``(n, ...)`` inputs, one array; ``d = prod(x.shape[1:])``. Integer ``x`` is cast
+            to the float dtype the model runs in (a model whose declared input is an integer, e.g.
+            token ids for an ``Embedding``, is refused: its input gradients are undefined).
         center: subtract the mean gradient per output: ``G_c = (1/n) sum_i sum_o
             (g_io - gbar_o)(g_io - gbar_o)^T = G - sum_o gbar_o gbar_o^T`` (the gradient
             covariance; removes the contribution of a globally linear part of ``f``).
@@ -166,7 +203,8 @@ def agop(model_or_callable, x, *, center: bool = False, low_rank: bool = False,
         ``(d, d)`` float64 array, or :class:`AGOPFactor`.
 
     Raises:
-        ValueError: empty ``x``, NaN/inf in ``x`` or in the gradients, bad ``batch_size``.
+        ValueError: empty ``x``, several input arrays, NaN/inf in ``x`` or in the gradients,
+            bad ``batch_size``, a model with several or integer inputs.
 
     Cost: ``c`` backward passes of the batch (one per output) plus ``O(n c d^2)`` for ``F^T F``
     (``O(n c d)`` memory with ``low_rank=True``).
@@ -300,7 +338,7 @@ def alignment_fn(model, x, reference: AGOPFactor, *, metrics=("cosine",),
         model: a Keras model (traced at the first call: in the dtype context of that call).
         x: ``(n, ...)`` inputs, validated once here.
         reference: the reference AGOP as an :class:`AGOPFactor` (same ``d``).
-        metrics: subset of ``("cosine", "pearson")``.
+        metrics: ``"cosine"``, ``"pearson"`` or a sequence of them.
         center: center the model's gradients per output (as ``agop(center=True)``).
 
     Returns:
@@ -312,8 +350,7 @@ def alignment_fn(model, x, reference: AGOPFactor, *, metrics=("cosine",),
     x = _check_batch(x)
     if not isinstance(reference, AGOPFactor):
         raise ValueError("`reference` must be an AGOPFactor.")
-    if any(m not in METRICS for m in metrics):
-        raise ValueError(f"`metrics` must be a subset of {METRICS}; got {metrics!r}.")
+    metrics = _check_metrics(metrics)
     b = _stats(reference)
     d = b[3]
     if int(np.prod(x.shape[1:])) != d:

@@ -33,6 +33,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 import scipy.sparse.linalg as spla
 
+from kerntk import _checks as checks
 from kerntk._blas import single_threaded
 
 __all__ = ["EigenResult", "top_eigenpairs", "hessian_operator", "gauss_newton_operator",
@@ -235,7 +236,7 @@ def top_eigenpairs(K_or_operator, k: int = 1, method: str = "auto", *, which: st
 def _prepare_model(model, x, y=None):
     import tensorflow as tf
 
-    x = np.asarray(x) if not isinstance(x, tf.Tensor) else x
+    x = checks.array("x", x) if not isinstance(x, tf.Tensor) else x
     if np.size(x) == 0 or np.shape(x)[0] == 0:
         raise ValueError("`x` is empty.")
     if not np.all(np.isfinite(np.asarray(x, dtype=np.float64))):

@@ -73,7 +73,7 @@ class AGOPAlignmentLogger(MeasuringCallback):
         probe_x: ``(n, ...)`` probe inputs (``d = prod(shape[1:])``).
         reference: ``G*`` as above (computed once, at the start of training).
         every_n_epochs, every_n_steps, schedule: when to measure (see :mod:`kerntk.callbacks.base`).
-        metrics: subset of ``("cosine", "pearson")``.
+        metrics: ``"cosine"``, ``"pearson"`` or a sequence of them.
         center: use centered AGOPs (gradient covariances) for the model and a callable/model
             reference.
         top_eigenvectors: also keep the top eigenvectors of ``G`` (``self.eigenvectors``) for
@@ -117,10 +117,7 @@ class AGOPAlignmentLogger(MeasuringCallback):
         self.image_eigenvectors = _positive_int("image_eigenvectors", image_eigenvectors)
         self.image_every_n_epochs = _positive_int("image_every_n_epochs", image_every_n_epochs)
         self._image_step = None
-        metrics = tuple(metrics)
-        if not metrics or any(m not in agop_lib.METRICS for m in metrics):
-            raise ValueError(f"`metrics` must be a non-empty subset of {agop_lib.METRICS}; "
-                             f"got {metrics!r}.")
+        metrics = agop_lib._check_metrics(metrics)
         d = int(np.prod(self.probe_x.shape[1:]))
         if not callable(reference):
             reference = np.asarray(reference, np.float64)
@@ -130,7 +127,10 @@ class AGOPAlignmentLogger(MeasuringCallback):
             if not np.all(np.isfinite(reference)):
                 raise ValueError("`reference` contains NaN or inf.")
         self.reference, self.metrics, self.center = reference, metrics, center
-        self.top_eigenvectors = top_eigenvectors
+        if not is_integer(top_eigenvectors) or top_eigenvectors < 0:
+            raise ValueError(f"`top_eigenvectors` must be an integer >= 0; got "
+                             f"{top_eigenvectors!r}.")
+        self.top_eigenvectors = int(top_eigenvectors)
         self.eigenvectors = []
         self._G_star = None
         self._measure_fn = None

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional
 import keras
 import numpy as np
 
+from kerntk import _checks as checks
 from kerntk._blas import single_threaded
 from kerntk.ntk._common import compute_dtype, resolve_dtype
 
@@ -33,10 +34,10 @@ def _check_every(name: str, value) -> Optional[int]:
 
 
 def check_probe(name: str, x) -> np.ndarray:
-    """Validates a probe array: non-empty, finite."""
+    """Validates a probe array: one numeric array (not one per model input), non-empty, finite."""
     if x is None:
         raise ValueError(f"`{name}` is required.")
-    x = np.asarray(x)
+    x = checks.array(name, x)
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"`{name}` must be a non-empty batch; got shape {x.shape}.")
     if np.issubdtype(x.dtype, np.number) and not np.all(np.isfinite(x)):

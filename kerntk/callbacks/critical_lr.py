@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerntk import ntk, spectral
+from kerntk._checks import is_integer, is_real
 from kerntk.callbacks._summary import summary_log
 from kerntk.callbacks.base import check_probe
 from kerntk.callbacks.train_step_hook import TrainStepHook
@@ -47,17 +48,17 @@ class CatapultRaise:
 
     def __init__(self, factor: float = 1.5, max_raises: int = 3, cooldown: int = 10,
                  stable_rtol: float = 0.01, decay: Optional[float] = 0.9):
-        if not (isinstance(factor, (int, float)) and 1.0 < factor < 4.0):
+        if not (is_real(factor) and 1.0 < factor < 4.0):
             raise ValueError(f"`factor` must be in (1, 4); got {factor!r}.")
         for name, value in (("max_raises", max_raises), ("cooldown", cooldown)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if not is_integer(value) or value < 0:
                 raise ValueError(f"`{name}` must be a non-negative integer; got {value!r}.")
-        if decay is not None and not 0 < decay < 1:
+        if decay is not None and not (is_real(decay) and 0 < decay < 1):
             raise ValueError(f"`decay` must be None or in (0, 1); got {decay!r}.")
-        self.decay = decay
-        if not stable_rtol > 0:
+        self.decay = None if decay is None else float(decay)
+        if not (is_real(stable_rtol) and stable_rtol > 0):
             raise ValueError(f"`stable_rtol` must be > 0; got {stable_rtol!r}.")
-        self.factor, self.max_raises, self.cooldown = float(factor), max_raises, cooldown
+        self.factor, self.max_raises, self.cooldown = float(factor), int(max_raises), int(cooldown)
         self.stable_rtol = float(stable_rtol)
 
 
@@ -169,23 +170,26 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             if px.shape[0] != py.shape[0]:
                 raise ValueError("`probe` x and y have different numbers of rows.")
             probe = (px, py)
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or \
-                every_n_steps < 1:
+        if not is_integer(every_n_steps) or every_n_steps < 1:
             raise ValueError(f"`every_n_steps` must be a positive integer; got {every_n_steps!r}.")
         if raise_policy is not None and not isinstance(raise_policy, CatapultRaise):
             raise ValueError("`raise_policy` must be None or a CatapultRaise.")
-        if not guard_factor > 1:
+        if not (is_real(guard_factor) and guard_factor > 1):
             raise ValueError(f"`guard_factor` must be > 1; got {guard_factor!r}.")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        if not is_integer(patience) or patience < 1:
             raise ValueError(f"`patience` must be a positive integer; got {patience!r}.")
-        if not 0 < backoff < 1:
+        if not (is_real(backoff) and 0 < backoff < 1):
             raise ValueError(f"`backoff` must be in (0, 1); got {backoff!r}.")
-        if not margin >= 1:
+        if not (is_real(margin) and margin >= 1):
             raise ValueError(f"`margin` must be >= 1; got {margin!r}.")
-        self.estimate, self.probe, self.every_n_steps = estimate, probe, every_n_steps
+        if not (is_real(spike_rtol) and spike_rtol >= 0):
+            raise ValueError(f"`spike_rtol` must be >= 0; got {spike_rtol!r}.")
+        self.estimate, self.probe, self.every_n_steps = estimate, probe, int(every_n_steps)
         self.raise_policy, self.guard = raise_policy, guard
-        self.guard_factor, self.patience, self.backoff = float(guard_factor), patience, backoff
-        self.margin, self.spike_rtol, self.loss, self.method = margin, spike_rtol, loss, method
+        self.guard_factor, self.patience = float(guard_factor), int(patience)
+        self.backoff, self.margin = float(backoff), float(margin)
+        self.spike_rtol = float(spike_rtol)
+        self.loss, self.method = loss, method
         self.history: Dict[str, List[float]] = {}
         self.raises: List[dict] = []
         self.restores: List[dict] = []

@@ -7,8 +7,10 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from kerntk import ntk, spectral
+from kerntk._checks import is_integer
 from kerntk.callbacks._summary import summary_log
 from kerntk.callbacks.base import MeasuringCallback, check_probe
+from kerntk.ntk._common import count_outputs
 
 
 class NTKSpectrumTracker(MeasuringCallback):
@@ -28,7 +30,8 @@ class NTKSpectrumTracker(MeasuringCallback):
 
     Args:
         probe_x: ``(n, ...)`` inputs of the probe set (fixed for the whole run).
-        probe_y: optional targets ``(n, c)`` or ``(n,)`` for the loss split.
+        probe_y: optional targets ``(n, c)`` (``(n,)`` when ``c = 1``) for the loss split,
+            compared with the ``c`` outputs entry by entry: one-hot, not integer, class labels.
         k: number of top eigenvalues to log.
         top_s: size of the top eigenspace of the loss split.
         every_n_steps, every_n_epochs, schedule: when to measure (see
@@ -60,18 +63,35 @@ class NTKSpectrumTracker(MeasuringCallback):
         n = self.probe_x.shape[0]
         self.probe_y = None
         if probe_y is not None:
-            probe_y = check_probe("probe_y", probe_y).astype(np.float64)
+            probe_y = check_probe("probe_y", probe_y)
             if probe_y.shape[0] != n:
                 raise ValueError(f"`probe_y` has {probe_y.shape[0]} rows; `probe_x` has {n}.")
-            self.probe_y = probe_y.reshape(n, -1)
+            self._probe_y_shape, self._probe_y_labels = probe_y.shape, probe_y.dtype.kind in "iub"
+            self.probe_y = probe_y.astype(np.float64).reshape(n, -1)
         for name, value in (("k", k), ("top_s", top_s)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= n:
+            if not is_integer(value) or not 1 <= value <= n:
                 raise ValueError(f"`{name}` must be an integer in [1, n={n}]; got {value!r}.")
-        self.k, self.top_s, self.method = k, top_s, method
+        self.k, self.top_s, self.method = int(k), int(top_s), method
         self._K0 = None
 
     def _on_train_begin(self) -> None:
         self._K0 = None
+        if self.probe_y is not None:
+            self._check_targets(count_outputs(self.model, self.probe_x))
+
+    def _check_targets(self, c: int) -> None:
+        """The loss split compares ``probe_y`` with the ``c`` outputs entry by entry (MSE)."""
+        n, given = self.probe_y.shape
+        if given == c:
+            return
+        if self._probe_y_labels and given == 1:
+            raise ValueError(
+                f"`probe_y` has shape {self._probe_y_shape} with integer labels but the model has "
+                f"c={c} outputs; the loss split is of the squared error of the outputs, so pass "
+                f"one-hot targets of shape ({n}, {c}) (e.g. keras.utils.to_categorical(probe_y, "
+                f"{c})).")
+        raise ValueError(f"`probe_y` has shape {self._probe_y_shape} ({given} value(s) per example) "
+                         f"but the model has c={c} outputs; pass targets of shape ({n}, {c}).")
 
     def measure(self) -> Dict[str, float]:
         # The outputs come from the NTK's own forward pass (full precision, no extra pass).

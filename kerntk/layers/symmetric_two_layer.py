@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from kerntk._checks import is_integer
 from kerntk.layers.parameterization import check_positive, check_units
 
 EVAL_MODES = ("expected", "sample", "deterministic")
@@ -174,8 +175,9 @@ class SymmetricTwoLayer(keras.layers.Layer):
         one. Closed form with ``σ⁽ᵏ⁾`` by autodiff; the generic equivalent for any model is
         :func:`kerntk.models.taylor_term`.
         """
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        if not is_integer(k) or k < 0:
             raise ValueError(f"`k` must be an integer >= 0; got {k!r}.")
+        k = int(k)
         half = self.width // 2
         pre = tf.convert_to_tensor(ops.matmul(inputs, self.w0_half))
         dk = nth_derivative(self._sigma, pre, k)

@@ -39,6 +39,8 @@ from typing import Callable, List, Sequence
 import keras
 import tensorflow as tf
 
+from kerntk._checks import is_integer
+
 
 def jvp(fn: Callable, primals: Sequence[tf.Tensor], tangents: Sequence[tf.Tensor]):
     """Jacobian-vector product of ``fn`` at ``primals`` along ``tangents`` by the transpose trick.
@@ -98,9 +100,9 @@ def _read(variable) -> tf.Tensor:
 
 
 def _check_order(order) -> int:
-    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+    if not is_integer(order) or order < 1:
         raise ValueError(f"`order` must be an integer >= 1; got {order!r}.")
-    return order
+    return int(order)
 
 
 @keras.saving.register_keras_serializable(package="kerntk")

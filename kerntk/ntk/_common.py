@@ -12,6 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerntk import _checks as checks
+
 Outputs = Union[str, int]
 _FLOATS = ("float16", "bfloat16", "float32", "float64")
 
@@ -23,14 +25,7 @@ def check_inputs(model: keras.Model, x) -> np.ndarray:
     """
     if not isinstance(model, keras.layers.Layer):
         raise ValueError(f"`model` must be a Keras model or layer; got {type(model).__name__}.")
-    if isinstance(x, (list, tuple, dict)):
-        raise ValueError("`x` must be one array (models with several inputs are not supported).")
-    try:
-        x = np.asarray(x)
-    except Exception as err:  # e.g. ragged nested lists
-        raise ValueError(f"`x` could not be converted to an array: {err}") from err
-    if x.dtype.kind not in "fiub":
-        raise ValueError(f"`x` must be numeric; got dtype {x.dtype}.")
+    x = checks.array("x", x)
     if x.ndim < 2:
         raise ValueError(f"`x` must have a batch axis and at least one feature axis; "
                          f"got shape {x.shape}.")
