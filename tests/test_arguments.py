@@ -62,6 +62,32 @@ def test_datasets_accept_numpy_integers():
         == 8
     assert datasets.spherical_harmonic_task(I64(16), I64(5), seed=I64(0))[0].shape == (16, 5)
     assert len(datasets.digit_pair_folds(I64(3), I64(10), seed=I64(0))) == 3
+    assert datasets.rank_egop("rank2", I64(5)).shape == (5, 5)
+    assert datasets.harmonic_dimension(I64(3), I64(2)) == 5
+    # Integral floats were accepted before and still are.
+    assert datasets.rank_egop("rank2", 5.0).shape == (5, 5)
+    assert len(datasets.digit_pair_folds(3.0, 10.0)) == 3
+
+
+def test_load_accepts_a_numpy_n():
+    # The CIFAR-10 classes 7/9 subset ships with kerntk: no data directory or network needed.
+    x, y = datasets.load("cifar10", "train", classes=(7, 9), n=I64(16))
+    assert x.shape[0] == 16 and y.shape[0] == 16
+
+
+@pytest.mark.parametrize("make,argument", [
+    (lambda: datasets.rank_task("rank2", True), "n must"),
+    (lambda: datasets.rank_task("rank2", float("nan")), "n must"),
+    (lambda: datasets.rank_task("rank2", 8, noise="0.1"), "noise must"),
+    (lambda: datasets.extrapolation_task("cubic", float("inf")), "n_train and n_test must"),
+    (lambda: datasets.harmonic_dimension(5, True), "k >= 0"),
+    (lambda: datasets.gegenbauer(float("nan"), np.zeros(2), 3), "k must"),
+    (lambda: datasets.digit_pair_folds(True), "n_folds and n_unseen must"),
+    (lambda: datasets.SphericalHarmonicTarget(5).sample(4, noise=float("nan")), "noise must"),
+])
+def test_datasets_refuse_bool_and_non_finite_counts(make, argument):
+    with pytest.raises(ValueError, match=argument):
+        make()
 
 
 @pytest.mark.parametrize("make,argument", [

@@ -21,6 +21,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from kerntk._checks import is_whole
+
 #: All 100 ordered digit pairs (a, b), as an int array ``(100, 2)`` in row-major order.
 ALL_PAIRS = np.array([(a, b) for a in range(10) for b in range(10)], dtype=np.int64)
 
@@ -32,9 +34,10 @@ def digit_pair_folds(n_folds: int = 3, n_unseen: int = 10, seed: int = 0) -> lis
         list of ``n_folds`` dicts with ``seen`` ``(100 - n_unseen, 2)`` and ``unseen``
         ``(n_unseen, 2)`` int arrays of pairs. Unseen sets of different folds are disjoint.
     """
-    if int(n_folds) != n_folds or n_folds < 1 or int(n_unseen) != n_unseen or n_unseen < 1:
+    if not is_whole(n_folds) or n_folds < 1 or not is_whole(n_unseen) or n_unseen < 1:
         raise ValueError(f"n_folds and n_unseen must be positive integers; got {n_folds}, "
                          f"{n_unseen}.")
+    n_folds, n_unseen = int(n_folds), int(n_unseen)
     if n_folds * n_unseen > len(ALL_PAIRS):
         raise ValueError(f"{n_folds} folds of {n_unseen} unseen pairs need more than the "
                          f"{len(ALL_PAIRS)} pairs there are.")
@@ -71,8 +74,9 @@ def make_digit_pairs(x: np.ndarray, y: np.ndarray, pairs: Sequence, n: int,
         raise ValueError("pairs must hold digits 0..9.")
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} images but y has {len(y)} labels.")
-    if int(n) != n or n < 1:
+    if not is_whole(n) or n < 1:
         raise ValueError(f"n must be a positive integer; got {n!r}.")
+    n = int(n)
     by_digit = {d: np.flatnonzero(y == d) for d in range(10)}
     missing = sorted({int(d) for d in np.unique(pairs)} - {d for d, i in by_digit.items() if len(i)})
     if missing:
@@ -113,11 +117,11 @@ def load_digit_pair_sums(fold: int = 0, *, n_folds: int = 3, n_train: int = 9000
         ``pairs_test_unseen`` (the (a, b) of every example). Images are float32 ``(n, 28, 56, 1)``.
     """
     folds = digit_pair_folds(n_folds, seed=split_seed)
-    if int(fold) != fold or not 0 <= fold < n_folds:
+    if not is_whole(fold) or not 0 <= fold < n_folds:
         raise ValueError(f"fold must be in 0..{n_folds - 1}; got {fold!r}.")
     from kerntk.datasets.images import load
 
-    split = folds[fold]
+    split = folds[int(fold)]
     x_tr, y_tr = load("mnist", "train", data_dir=data_dir, normalize=normalize, download=download)
     x_te, y_te = load("mnist", "test", data_dir=data_dir, normalize=normalize, download=download)
     rng = np.random.default_rng(seed)

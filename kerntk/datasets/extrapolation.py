@@ -19,6 +19,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from kerntk._checks import is_real, is_whole
+
 Interval = Tuple[float, float]
 
 
@@ -100,9 +102,9 @@ def extrapolation_task(name: str, n_train: int = 256, n_test: int = 1024, *,
     if positive_only and dim == 1:
         raise ValueError("positive_only applies to the 2-D target 'sum_squares' only.")
     test_iv = _check_interval(test_interval or default_test, "test_interval")
-    if int(n_train) != n_train or n_train < 1 or int(n_test) != n_test or n_test < 1:
+    if not is_whole(n_train) or n_train < 1 or not is_whole(n_test) or n_test < 1:
         raise ValueError(f"n_train and n_test must be positive integers; got {n_train}, {n_test}.")
-    if not np.isfinite(noise) or noise < 0:
+    if not is_real(noise) or noise < 0:
         raise ValueError(f"noise must be a finite number >= 0; got {noise!r}.")
     rng = np.random.default_rng(seed)
     x_train = rng.uniform(train_iv[0], train_iv[1], size=(int(n_train), dim))

@@ -39,6 +39,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from kerntk._checks import is_whole
+
 #: Datasets ``load`` knows, with their image shape (H, W, C), number of classes and value range of
 #: the stored pixels. USPS is the Hastie/Tibshirani/Friedman "zip code" version, stored in [-1, 1].
 DATASETS = {
@@ -348,8 +350,9 @@ def load(name: str, split: str = "train", *, data_dir: Optional[str] = None,
                              f"(0..{info['num_classes'] - 1}).")
         if len(set(classes)) != len(classes) or not classes:
             raise ValueError(f"classes must be distinct and non-empty; got {classes}.")
-    if n is not None and (int(n) != n or n < 1):
+    if n is not None and (not is_whole(n) or n < 1):
         raise ValueError(f"n must be a positive integer or None; got {n!r}.")
+    n = None if n is None else int(n)
 
     x, y, source = _load_split(name, split, data_dir, tfds_data_dir, download, classes, n)
     y = y.astype(np.int64)

@@ -29,14 +29,17 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from kerntk._checks import is_real, is_whole
+
 #: Frequencies of paper 000 Fig. 5.
 PAPER_FREQUENCIES = (1, 3, 4, 5, 8, 12)
 
 
 def harmonic_dimension(d: int, k: int) -> int:
     """N(d, k): the number of linearly independent degree-k spherical harmonics on S^{d-1} ⊂ R^d."""
-    if d < 2 or k < 0:
+    if not is_whole(d) or not is_whole(k) or d < 2 or k < 0:
         raise ValueError(f"need d >= 2 and k >= 0; got d={d}, k={k}.")
+    d, k = int(d), int(k)
     if k == 0:
         return 1
     return comb(k + d - 1, d - 1) - comb(k + d - 3, d - 1)
@@ -49,10 +52,11 @@ def gegenbauer(k: int, t: np.ndarray, d: int) -> np.ndarray:
     evaluated with the three-term recurrence
     (k + d − 2) P_{k+1}(t) = (2k + d − 2) t P_k(t) − k P_{k−1}(t),  P_0 = 1, P_1 = t.
     """
-    if int(k) != k or k < 0:
+    if not is_whole(k) or k < 0:
         raise ValueError(f"k must be a non-negative integer; got {k!r}.")
-    if int(d) != d or d < 2:
+    if not is_whole(d) or d < 2:
         raise ValueError(f"d must be an integer >= 2; got {d!r}.")
+    k, d = int(k), int(d)
     t = np.asarray(t, dtype=np.float64)
     p_prev, p = np.ones_like(t), t.copy()
     if k == 0:
@@ -86,7 +90,7 @@ class SphericalHarmonicTarget:
 
     def __init__(self, d: int = 10, frequencies: Sequence[int] = PAPER_FREQUENCIES,
                  amplitudes: Optional[Sequence[float]] = None, seed: Optional[int] = 0):
-        if int(d) != d or d < 2:
+        if not is_whole(d) or d < 2:
             raise ValueError(f"d must be an integer >= 2; got {d!r}.")
         frequencies = tuple(int(k) for k in frequencies)
         if not frequencies or min(frequencies) < 0 or len(set(frequencies)) != len(frequencies):
@@ -119,7 +123,7 @@ class SphericalHarmonicTarget:
     def sample(self, n: int, *, noise: float = 0.0, seed: Optional[int] = None,
                dtype: str = "float32") -> tuple:
         """``(x, y)``: ``x`` uniform on the sphere ``(n, d)``, ``y = f*(x) + noise·ε`` ``(n, 1)``."""
-        if not np.isfinite(noise) or noise < 0:
+        if not is_real(noise) or noise < 0:
             raise ValueError(f"noise must be a finite number >= 0; got {noise!r}.")
         rng = np.random.default_rng(seed)
         x = sample_sphere(n, self.d, rng=rng)

@@ -34,6 +34,8 @@ from typing import Optional
 
 import numpy as np
 
+from kerntk._checks import is_real, is_whole
+
 #: Task names and the smallest input dimension each needs.
 RANK_TASKS = {"rank2": 2, "rank3": 10, "rank4": 4, "fullrank": 1}
 
@@ -41,7 +43,7 @@ RANK_TASKS = {"rank2": 2, "rank3": 10, "rank4": 4, "fullrank": 1}
 def _check(name: str, d: int) -> None:
     if name not in RANK_TASKS:
         raise ValueError(f"Unknown rank task {name!r}; known: {sorted(RANK_TASKS)}.")
-    if int(d) != d or d < RANK_TASKS[name]:
+    if not is_whole(d) or d < RANK_TASKS[name]:
         raise ValueError(f"Task {name!r} needs input dimension d >= {RANK_TASKS[name]}; got {d}.")
 
 
@@ -95,6 +97,7 @@ def rank_target_gradient(name: str, x: np.ndarray) -> np.ndarray:
 def rank_egop(name: str, d: int = 100) -> np.ndarray:
     """Closed-form EGOP ``G* = E_{x~N(0,I_d)}[∇f*(x) ∇f*(x)ᵀ]`` of shape ``(d, d)`` (module docstring)."""
     _check(name, d)
+    d = int(d)
     g = np.zeros((d, d))
     if name == "rank2":
         g[0, 0] = g[1, 1] = 1.0
@@ -127,9 +130,9 @@ def rank_task(name: str, n: int, d: int = 100, *, noise: float = 0.1,
         ``x`` of shape ``(n, d)`` and ``y = f*(x) + noise·ε`` of shape ``(n, 1)``.
     """
     _check(name, d)
-    if int(n) != n or n < 1:
+    if not is_whole(n) or n < 1:
         raise ValueError(f"n must be a positive integer; got {n!r}.")
-    if not np.isfinite(noise) or noise < 0:
+    if not is_real(noise) or noise < 0:
         raise ValueError(f"noise must be a finite number >= 0; got {noise!r}.")
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((int(n), int(d)))
