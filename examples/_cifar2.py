@@ -8,7 +8,9 @@ import kerntk
 
 def load_cifar2(n, seed, arch, image_stride, data_dir):
     """``n`` CIFAR-10 points of classes 7/9 (labels -1/+1, ``(n, 1)``), standardized per image;
-    flattened for the fcn, every ``image_stride``-th pixel for the CNN."""
+    flattened for the fcn, every ``image_stride``-th pixel for the CNN. ``seed=None``: the first
+    ``n`` class-7/9 training images (the same from kerntk's packaged subset and a full copy);
+    an int: ``n`` drawn at random from the whole split with that seed."""
     x, y = kerntk.datasets.load("cifar10", "train", classes=(7, 9), n=n, seed=seed,
                                 flatten=arch == "fcn", normalize="standardize", labels="pm1",
                                 data_dir=data_dir)

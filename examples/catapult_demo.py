@@ -1,8 +1,8 @@
 """Catapult demo, the README's main command (thesis Fig. 4.3): GD above the critical learning rate.
 
-128 CIFAR-2 points (classes 7/9: from the subset shipped with kerntk, so the demo runs offline,
-unless ``--data_dir`` or ``$KERNTK_DATA_DIR`` name a directory holding CIFAR-10; see
-``kerntk.datasets.load``), a 5-layer NTK-parameterized ReLU fcn of width 1024 without
+The first 128 CIFAR-2 training points (classes 7/9; ``--data_sample=first``: they are in the
+subset shipped with kerntk, so the demo runs offline and gives the same points as a full copy
+named by ``--data_dir`` or ``$KERNTK_DATA_DIR``; see ``kerntk.datasets.load``), a 5-layer NTK-parameterized ReLU fcn of width 1024 without
 biases, full-batch GD at 1.6 x ``eta_crit = n / lambda_max(K)`` for 120 steps, watched by kerntk's
 ``NTKSpectrumTracker`` (top NTK eigenvalues, loss split into the top-5 eigenspace L<=5 and the
 rest L>5) and ``CriticalLRMonitor`` (eta_crit, catapult events, loss spikes). Expected: the loss
@@ -25,7 +25,8 @@ from absl import app, flags  # noqa: E402
 
 import catapult_gd  # noqa: E402
 
-DEMO_DEFAULTS = {"arch": "fcn", "lr_factor": 1.6, "steps": 120, "name": "catapult_demo"}
+DEMO_DEFAULTS = {"arch": "fcn", "lr_factor": 1.6, "steps": 120, "data_sample": "first",
+                 "name": "catapult_demo"}
 
 if __name__ == "__main__":
     for flag, value in DEMO_DEFAULTS.items():

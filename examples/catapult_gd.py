@@ -48,7 +48,12 @@ flags.DEFINE_integer("top_s", 5, "Size of the top eigenspace of the loss split (
 flags.DEFINE_bool("use_bias", False, "NTK-parameterized biases in every layer (SPEC §5: the "
                   "constant mode they add changes eta_crit; off reproduces the thesis's trend).")
 flags.DEFINE_float("b_std", 1.0, "Bias scale when --use_bias (thesis App. C.6: 1).")
-flags.DEFINE_integer("seed", 0, "Seed of the data subset and the initialization.")
+flags.DEFINE_integer("seed", 0, "Seed of the initialization (and of the data subset with "
+                     "--data_sample=random).")
+flags.DEFINE_enum("data_sample", "random", ["random", "first"],
+                  "Which n CIFAR-2 points: 'random' draws them from the training split with "
+                  "--seed; 'first' takes the first n class-7/9 training images (the same from "
+                  "kerntk's packaged 256-image subset, offline, and from a full copy).")
 flags.DEFINE_string("data_dir", None, "Directory with <name>/<split>*.npz files.")
 flags.DEFINE_string("out_dir", "out", "Where the PNG and JSON go.")
 flags.DEFINE_bool("smoke", False, "Tiny, fast run for tests (16 points, width/channels 8-32).")
@@ -63,7 +68,8 @@ def main(argv):
         n, width, channels, steps = 16, 32, 8, 5
     keras.utils.set_random_seed(FLAGS.seed)
     stride = 4 if FLAGS.smoke else FLAGS.image_stride
-    x, y = load_cifar2(n, FLAGS.seed, FLAGS.arch, stride, FLAGS.data_dir)
+    data_seed = FLAGS.seed if FLAGS.data_sample == "random" else None
+    x, y = load_cifar2(n, data_seed, FLAGS.arch, stride, FLAGS.data_dir)
     model = build_model(FLAGS.arch, FLAGS.depth, width, channels, x.shape[1:], FLAGS.use_bias,
                         FLAGS.b_std, FLAGS.seed)
     eta_crit0 = kerntk.spectral.critical_lr(model, x)
@@ -91,6 +97,7 @@ def main(argv):
     summary = {
         "arch": FLAGS.arch, "n": n, "depth": FLAGS.depth, "input_shape": list(x.shape[1:]),
         "width": width if FLAGS.arch == "fcn" else channels, "steps": steps,
+        "data_sample": FLAGS.data_sample, "seed": FLAGS.seed,
         "use_bias": FLAGS.use_bias, "b_std": FLAGS.b_std if FLAGS.use_bias else 0.0,
         "eta_crit_init": eta_crit0, "lr": lr, "lr_over_eta_crit": FLAGS.lr_factor,
         "loss_init": float(loss[0]), "loss_peak": float(loss[peak]), "peak_step": peak,

@@ -2,6 +2,9 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests never download data (they use data they make, data kerntk ships, or $KERNTK_DATA_DIR):
+# a load nothing local can serve fails fast and the test skips, also in the example subprocesses.
+os.environ.setdefault("KERNTK_NO_DOWNLOAD", "1")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

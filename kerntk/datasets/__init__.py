@@ -20,7 +20,7 @@ from kerntk.datasets.digit_pairs import (ALL_PAIRS, digit_pair_folds, load_digit
 from kerntk.datasets.extrapolation import (EXTRAPOLATION_TARGETS, cos2x, cubic,
                                            extrapolation_task, in_region, sum_squares,
                                            train_region)
-from kerntk.datasets.images import (DATA_DIR_ENV, DATASETS, PACKAGED_SUBSETS,
+from kerntk.datasets.images import (DATA_DIR_ENV, DATASETS, NO_DOWNLOAD_ENV, PACKAGED_SUBSETS,
                                     DatasetNotFoundError, candidate_data_dirs, find_local_file,
                                     load, load_raw, network_available)
 from kerntk.datasets.spherical import (PAPER_FREQUENCIES, SphericalHarmonicTarget, gegenbauer,
@@ -30,8 +30,8 @@ from kerntk.datasets.synthetic import (RANK_TASKS, rank_egop, rank_target, rank_
 
 __all__ = [
     "ALL_PAIRS", "DATASETS", "DATA_DIR_ENV", "DatasetNotFoundError", "EXTRAPOLATION_TARGETS",
-    "PACKAGED_SUBSETS", "PAPER_FREQUENCIES", "RANK_TASKS", "SphericalHarmonicTarget",
-    "candidate_data_dirs", "cos2x",
+    "NO_DOWNLOAD_ENV", "PACKAGED_SUBSETS", "PAPER_FREQUENCIES", "RANK_TASKS",
+    "SphericalHarmonicTarget", "candidate_data_dirs", "cos2x",
     "cubic", "digit_pair_folds", "extrapolation_task", "find_local_file", "gegenbauer",
     "harmonic_dimension", "in_region", "load", "load_digit_pair_sums", "load_raw",
     "make_digit_pairs", "network_available", "rank_egop", "rank_target", "rank_target_gradient",

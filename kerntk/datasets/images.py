@@ -10,14 +10,17 @@ Where the data come from, in order (the first that can serve the load wins):
    exist.
 2. The real data shipped inside kerntk (:data:`PACKAGED_SUBSETS`): the first 256 CIFAR-10
    training images of classes 7 (horse) and 9 (truck), in the training set's original order
-   (124 horses, 132 trucks). It serves a :func:`load` only when it holds the whole request: CIFAR-10
-   ``"train"``, ``classes`` given and among (7, 9), and ``n`` given and at most the number of
-   images of those classes it holds. Anything else (``n=4000``, ``n=None``, other classes or
-   splits, :func:`load_raw`) is never cut down to the subset; it goes on to the next sources.
+   (124 horses, 132 trucks). It serves a :func:`load` only when it gives exactly what a full copy
+   of the split would: CIFAR-10 ``"train"``, ``classes`` given and among (7, 9), ``n`` given and
+   at most the number of images of those classes it holds, and no ``seed`` (the first ``n``; a
+   seeded draw from 256 images is not the draw from the whole split). Anything else
+   (``n=4000``, ``n=None``, a ``seed``, other classes or splits, :func:`load_raw`) is never cut
+   down to the subset; it goes on to the next sources.
 3. tensorflow-datasets data that is already prepared (``tfds.load(..., download=False)``).
-4. A tensorflow-datasets download, only when ``download=True``, or ``download="auto"`` and the
-   network answers a 2-second probe. Offline this fails within seconds with a message that says
-   how to point kerntk at local files, instead of tfds's minutes-long retry loop.
+4. A tensorflow-datasets download, only when ``download=True``, or ``download="auto"``, the
+   network answers a 2-second probe and ``$KERNTK_NO_DOWNLOAD`` is not set. Offline this fails
+   within seconds with a message that says how to point kerntk at local files, instead of
+   tfds's minutes-long retry loop.
 
 The packaged subset is what lets the README's demo (128 CIFAR-2 points, classes 7/9) run from a
 bare install without a network. CIFAR-10 is by Alex Krizhevsky, "Learning Multiple Layers of
@@ -58,6 +61,10 @@ LABEL_MODES = ("int", "pm1", "onehot")
 #: Environment variable naming a local ``.npz`` data directory.
 DATA_DIR_ENV = "KERNTK_DATA_DIR"
 
+#: Environment variable that, set to ``1``, turns ``download="auto"`` into ``download=False``: a
+#: machine (or a test run) that must never fetch data fails fast instead.
+NO_DOWNLOAD_ENV = "KERNTK_NO_DOWNLOAD"
+
 #: Host and port the network probe connects to (where tensorflow-datasets downloads from).
 PROBE_ADDRESS = ("storage.googleapis.com", 443)
 
@@ -92,10 +99,12 @@ def _packaged_path(name: str, split: str) -> Optional[str]:
 
 
 def _packaged_file_for(name: str, split: str, classes: Optional[Sequence[int]],
-                       n: Optional[int]) -> Optional[str]:
-    """The packaged subset's path when it holds a load's whole request, else None."""
+                       n: Optional[int], seed: Optional[int]) -> Optional[str]:
+    """The packaged subset's path when it gives a load exactly what a full copy would (the first
+    ``n`` images of ``classes``, unseeded), else None."""
     entry = PACKAGED_SUBSETS.get((name, split))
-    if entry is None or classes is None or n is None or not set(classes) <= set(entry["classes"]):
+    if (entry is None or classes is None or n is None or seed is not None
+            or not set(classes) <= set(entry["classes"])):
         return None
     path = _packaged_path(name, split)
     if not os.path.isfile(path):
@@ -191,6 +200,10 @@ def _load_tfds(name: str, split: str, data_dir: Optional[str], tfds_data_dir: Op
         raise DatasetNotFoundError(_not_found_message(
             name, split, data_dir, "no local file, no prepared tensorflow-datasets data, and "
             "download=False")) from prepared_error
+    if download == "auto" and os.environ.get(NO_DOWNLOAD_ENV, "") not in ("", "0"):
+        raise DatasetNotFoundError(_not_found_message(
+            name, split, data_dir, "no local file, no prepared tensorflow-datasets data, and "
+            f"downloads are off (${NO_DOWNLOAD_ENV} is set)")) from prepared_error
     if download == "auto" and not network_available():
         raise DatasetNotFoundError(_not_found_message(
             name, split, data_dir, "no local file, no prepared tensorflow-datasets data, and the "
@@ -214,7 +227,7 @@ def load_raw(name: str, split: str, *, data_dir: Optional[str] = None,
 
 def _load_split(name: str, split: str, data_dir: Optional[str], tfds_data_dir: Optional[str],
                 download: Union[bool, str], classes: Optional[Sequence[int]] = None,
-                n: Optional[int] = None) -> tuple:
+                n: Optional[int] = None, seed: Optional[int] = None) -> tuple:
     """``(x, y, source)`` from the first source that can serve ``n`` examples of ``classes``
     (module docstring); ``classes=None`` or ``n=None`` asks for the whole split."""
     _check_name_split(name, split)
@@ -222,7 +235,7 @@ def _load_split(name: str, split: str, data_dir: Optional[str], tfds_data_dir: O
         raise ValueError(f"download must be True, False or 'auto'; got {download!r}.")
     path = find_local_file(name, split, data_dir)
     if path is None:
-        path = _packaged_file_for(name, split, classes, n)
+        path = _packaged_file_for(name, split, classes, n, seed)
     if path is not None:
         with np.load(path) as f:
             if "x" not in f or "y" not in f:
@@ -302,10 +315,9 @@ def load(name: str, split: str = "train", *, data_dir: Optional[str] = None,
             order, or a random ``n`` when ``seed`` is given. ``None`` keeps all. A source holding
             fewer than ``n`` raises ``ValueError``, except the packaged subset, which is then
             skipped (never truncated) for the next source. The packaged subset holds the first
-            images of its classes in the original order, so without ``seed`` it gives the same
-            examples as a full copy in that order (e.g. the official CIFAR-10 batches); with
-            ``seed`` the ``n`` are drawn from the subset's images, not from the whole split, so
-            the same seed picks different examples from it than from a full copy.
+            images of its classes in the original order and serves only unseeded loads, so it
+            gives the same examples as a full copy in that order (e.g. the official CIFAR-10
+            batches); a seeded load goes on to the next sources.
         normalize: ``"unit"`` (default) maps the stored range to [0, 1]: ``x / 255`` for the uint8
             sets, ``(x + 1) / 2`` for USPS (stored in [-1, 1]). ``"raw"`` (or False) keeps the
             stored values as float32. ``"standardize"``: unit-range, then each example has zero
@@ -322,7 +334,8 @@ def load(name: str, split: str = "train", *, data_dir: Optional[str] = None,
             shuffled order.
         tfds_data_dir: tensorflow-datasets data directory (its default when None).
         download: ``"auto"`` (default) downloads through tfds only if the network answers a
-            2-second probe; ``True`` always tries; ``False`` never does.
+            2-second probe and ``$KERNTK_NO_DOWNLOAD`` is not set; ``True`` always tries;
+            ``False`` never does.
 
     Returns:
         ``x`` float32 ``(N, H, W, C)`` (greyscale sets get ``C = 1``) or ``(N, H*W*C)`` with
@@ -354,7 +367,7 @@ def load(name: str, split: str = "train", *, data_dir: Optional[str] = None,
         raise ValueError(f"n must be a positive integer or None; got {n!r}.")
     n = None if n is None else int(n)
 
-    x, y, source = _load_split(name, split, data_dir, tfds_data_dir, download, classes, n)
+    x, y, source = _load_split(name, split, data_dir, tfds_data_dir, download, classes, n, seed)
     y = y.astype(np.int64)
     if classes is not None:
         keep = np.isin(y, classes)
