@@ -20,6 +20,7 @@ from typing import Callable, NamedTuple, Optional, Union
 import numpy as np
 
 from kerntk import _checks as checks
+from kerntk._backend import require_tensorflow
 
 __all__ = ["AGOPFactor", "agop", "egop", "alignment", "alignment_fn"]
 
@@ -209,6 +210,7 @@ def agop(model_or_callable, x, *, center: bool = False, low_rank: bool = False,
     Cost: ``c`` backward passes of the batch (one per output) plus ``O(n c d^2)`` for ``F^T F``
     (``O(n c d)`` memory with ``low_rank=True``).
     """
+    require_tensorflow("kerntk.agop.agop")
     x = _check_batch(x)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
             batch_size, (int, np.integer)) or batch_size < 1):
@@ -237,6 +239,7 @@ def egop(f_star: Callable, x, *, center: bool = False, low_rank: bool = False,
     ``G* = (1/n) sum_i grad f*(x_i) grad f*(x_i)^T`` — :func:`agop` of a callable (TensorFlow
     ops, float64 by default). E.g. ``f*(x) = x_1 x_2`` on ``N(0, I_d)`` has ``G* -> diag(1, 1,
     0, ..., 0)``. Arguments as :func:`agop`."""
+    require_tensorflow("kerntk.agop.egop")
     return agop(f_star, x, center=center, low_rank=low_rank, batch_size=batch_size, dtype=dtype)
 
 
@@ -347,6 +350,7 @@ def alignment_fn(model, x, reference: AGOPFactor, *, metrics=("cosine",),
     """
     import tensorflow as tf
 
+    require_tensorflow("kerntk.agop.alignment_fn")
     x = _check_batch(x)
     if not isinstance(reference, AGOPFactor):
         raise ValueError("`reference` must be an AGOPFactor.")

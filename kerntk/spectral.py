@@ -34,6 +34,7 @@ import numpy as np
 import scipy.sparse.linalg as spla
 
 from kerntk import _checks as checks
+from kerntk._backend import require_tensorflow
 from kerntk._blas import single_threaded
 
 __all__ = ["EigenResult", "top_eigenpairs", "hessian_operator", "gauss_newton_operator",
@@ -310,6 +311,7 @@ def hessian_operator(model, loss, x, y) -> spla.LinearOperator:
     ``model.trainable_variables``. Data loss only (``model.losses`` regularizers are not included).
     Cost per product: about two forward-backward passes. Float32 models give float32 accuracy.
     """
+    require_tensorflow("kerntk.spectral.hessian_operator")
     tf, tv, ntv, xt, yt, dtype = _prepare_model(model, x, y)
     loss_fn = _get_loss(loss)
     P, unflatten, flatten = _flat_tools(tf, tv)
@@ -338,6 +340,7 @@ def gauss_newton_operator(model, loss, x, y) -> spla.LinearOperator:
     MSE, ``2/(n c) I``). ``J v`` by the double-VJP trick (``J v = d/du <J^T u, v>``), ``H_f`` by an
     output-space HVP, ``J^T`` by one VJP. Cost per product: about three backward passes.
     """
+    require_tensorflow("kerntk.spectral.gauss_newton_operator")
     tf, tv, ntv, xt, yt, dtype = _prepare_model(model, x, y)
     loss_fn = _get_loss(loss)
     P, unflatten, flatten = _flat_tools(tf, tv)
@@ -389,6 +392,7 @@ def hessian_top_eigenpairs(model, loss, x, y, k: int = 1, *, which: str = "LA",
 
     Cost: ``m`` Hessian-vector products (each ~2 forward-backward passes) for ``m`` Lanczos steps.
     """
+    require_tensorflow("kerntk.spectral.hessian_top_eigenpairs")
     op = hessian_operator(model, loss, x, y)
     tol = _default_tol(model.trainable_variables[0].dtype) if tol is None else tol
     return top_eigenpairs(op, k, "lanczos", which=which, tol=tol, maxiter=maxiter, seed=seed)
@@ -399,6 +403,7 @@ def gauss_newton_top_eigenpairs(model, loss, x, y, k: int = 1, *, tol: Optional[
     """Top-``k`` eigenpairs of the Gauss-Newton matrix ``J^T H_f J`` (see
     :func:`gauss_newton_operator`); for Keras MSE it equals ``(2/(n c)) J^T J``, whose nonzero
     eigenvalues are ``2 lambda(K_full)/(n c)``. Arguments as :func:`hessian_top_eigenpairs`."""
+    require_tensorflow("kerntk.spectral.gauss_newton_top_eigenpairs")
     op = gauss_newton_operator(model, loss, x, y)
     tol = _default_tol(model.trainable_variables[0].dtype) if tol is None else tol
     return top_eigenpairs(op, k, "lanczos", tol=tol, maxiter=maxiter, seed=seed)
@@ -465,6 +470,7 @@ def critical_lr(model=None, x=None, y=None, *, loss="mse", method: str = "ntk",
         else:
             if model is None or x is None:
                 raise ValueError("method='ntk' needs `model` and `x`, or `kernel`.")
+            require_tensorflow("kerntk.spectral.critical_lr of a model (not of a `kernel`)")
             from kerntk import ntk as _ntk
 
             _prepare_model(model, x)
@@ -484,6 +490,7 @@ def critical_lr(model=None, x=None, y=None, *, loss="mse", method: str = "ntk",
         return ntk_critical_lr(float(res.eigenvalues[0]), rows, momentum)
     if model is None or x is None or y is None:
         raise ValueError(f"method={method!r} needs `model`, `x` and `y`.")
+    require_tensorflow(f"kerntk.spectral.critical_lr(method={method!r})")
     fn = hessian_top_eigenpairs if method == "hessian" else gauss_newton_top_eigenpairs
     lam = float(fn(model, loss, x, y, 1, tol=tol, maxiter=maxiter, seed=seed).eigenvalues[0])
     return math.inf if lam <= 0 else 2.0 * (1.0 + momentum) / lam

@@ -39,6 +39,7 @@ from typing import Callable, List, Sequence
 import keras
 import tensorflow as tf
 
+from kerntk._backend import require_tensorflow
 from kerntk._checks import is_integer
 
 
@@ -136,6 +137,7 @@ class TaylorModel(keras.Model):
     """
 
     def __init__(self, model, order: int = 2, term_only: bool = False, **kwargs):
+        require_tensorflow("kerntk.models.TaylorModel")
         if not isinstance(model, keras.layers.Layer):
             raise ValueError(f"`model` must be a Keras model or layer; got {type(model).__name__}.")
         if not model.built:
@@ -222,6 +224,7 @@ class TaylorModel(keras.Model):
 def linearize(model, **kwargs) -> TaylorModel:
     """Linearized model ``f_lin(w) = f(w₀) + (w − w₀)ᵀ∇f(w₀)`` (thesis Eq. 3.1) as a Keras model
     training ``Δw = w − w₀`` from 0. See :class:`TaylorModel`."""
+    require_tensorflow("kerntk.models.linearize")
     kwargs.setdefault("name", f"{getattr(model, 'name', 'model')}_lin")
     return TaylorModel(model, order=1, **kwargs)
 
@@ -229,6 +232,7 @@ def linearize(model, **kwargs) -> TaylorModel:
 def quadratic(model, **kwargs) -> TaylorModel:
     """Neural quadratic model ``f_quad = f_lin + ½(w − w₀)ᵀH_f(w₀)(w − w₀)`` (thesis Eq. 3.2),
     computed with nested JVPs (never forming ``H_f``). See :class:`TaylorModel`."""
+    require_tensorflow("kerntk.models.quadratic")
     kwargs.setdefault("name", f"{getattr(model, 'name', 'model')}_quad")
     return TaylorModel(model, order=2, **kwargs)
 
@@ -236,6 +240,7 @@ def quadratic(model, **kwargs) -> TaylorModel:
 def taylor(model, order: int, **kwargs) -> TaylorModel:
     """Order-``k`` Taylor polynomial ``Σ_{j≤k} (1/j!) Dʲf(w₀)[(w − w₀)ʲ]`` of ``model``; the
     approximation error is ``O(‖w − w₀‖^{k+1})``. See :class:`TaylorModel`."""
+    require_tensorflow("kerntk.models.taylor")
     kwargs.setdefault("name", f"{getattr(model, 'name', 'model')}_taylor{_check_order(order)}")
     return TaylorModel(model, order=order, **kwargs)
 
@@ -244,5 +249,6 @@ def taylor_term(model, order: int, **kwargs) -> TaylorModel:
     """Only the k-th order term ``f⁽ᵏ⁾ = (1/k!) Dᵏf(w₀)[(w − w₀)ᵏ]`` (paper 001 Section 6, the
     "k-th order NTK" term). With the symmetric two-layer net of paper 001 this extracts
     ``f⁽ᵏ⁾_{W₀,W}``. See :class:`TaylorModel`."""
+    require_tensorflow("kerntk.models.taylor_term")
     kwargs.setdefault("name", f"{getattr(model, 'name', 'model')}_term{_check_order(order)}")
     return TaylorModel(model, order=order, term_only=True, **kwargs)

@@ -81,6 +81,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from kerntk._backend import require_tensorflow
 from kerntk.layers import BaseNTKConv, NTKDense
 from kerntk.ntk._common import (_FLOATS, batch_mixing_layers, check_inputs, check_outputs,
                                 compute_dtype, count_outputs, flatten_outputs, forward,
@@ -451,6 +452,7 @@ def kernel_fn(model: keras.Model, *, method: str = "auto", outputs: Union[str, i
     compare ``f(x[:2])`` with ``f(x)[:2]`` themselves. ``method`` is ``"auto"``,
     ``"structured"``, ``"jacobian"`` or ``"batched"`` (Jacobian of the batched function).
     """
+    require_tensorflow("kerntk.ntk.empirical.kernel_fn")
     if method not in METHODS + ("batched",):
         raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
     dt = resolve_dtype(model, dtype)
@@ -482,6 +484,7 @@ def shareable_forward(model: keras.Model, x2: tf.Tensor, dtype: str) -> bool:
     (each in a layer called once per forward pass), which a forward pass of ``x2`` under capture
     tells.
     """
+    require_tensorflow("kerntk.ntk.empirical.shareable_forward")
     layers = list(model._flatten_layers(include_self=True, recursive=True))
     ok = not any(_training_dependent(layer) for layer in layers) and all(
         layer.compute_dtype == dtype for layer in layers if layer.compute_dtype in _FLOATS)
@@ -512,6 +515,7 @@ class ForwardNTK:
     """
 
     def __init__(self, model: keras.Model, outputs: Union[str, int] = "full"):
+        require_tensorflow("kerntk.ntk.empirical.ForwardNTK")
         self.model, self.outputs = model, outputs
         self._tvars = model.trainable_variables
         self._sites = _find_sites(model, {id(v): i for i, v in enumerate(self._tvars)})
@@ -682,6 +686,7 @@ def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
         >>> model = kerntk.models.fcn(3, 256, input_shape=(10,))
         >>> K = empirical_ntk(model, np.random.randn(32, 10))   # (32, 32)
     """
+    require_tensorflow("kerntk.ntk.empirical_ntk")
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}; got {method!r}.")
     if block_size is not None and (isinstance(block_size, bool) or

@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse.linalg as spla
 import tensorflow as tf
 
+from kerntk._backend import require_tensorflow
 from kerntk.ntk._common import (batch_mixing_layers, check_inputs, check_outputs, compute_dtype,
                                 count_outputs, forward, read_values, resolve_dtype)
 
@@ -101,6 +102,7 @@ def ntk_operator(model: keras.Model, x, outputs: Union[str, int] = "trace", *,
         >>> op = ntk_operator(model, x)
         >>> scipy.sparse.linalg.eigsh(op, k=5)
     """
+    require_tensorflow("kerntk.ntk.ntk_operator")
     if block_size is not None and (isinstance(block_size, bool) or
                                    not isinstance(block_size, (int, np.integer))
                                    or block_size <= 0):
