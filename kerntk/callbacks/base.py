@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from kerntk import _checks as checks
+from kerntk._backend import require_tensorflow
 from kerntk._blas import single_threaded
 from kerntk.ntk._common import compute_dtype, resolve_dtype
 
@@ -58,6 +59,7 @@ class MeasuringCallback(keras.callbacks.Callback):
 
     def __init__(self, every_n_steps: Optional[int] = None, every_n_epochs: Optional[int] = 1,
                  schedule: Optional[Callable[[int], bool]] = None, measure_at_start: bool = True):
+        require_tensorflow(f"kerntk.callbacks.{type(self).__name__}")
         super().__init__()
         self.every_n_steps = _check_every("every_n_steps", every_n_steps)
         self.every_n_epochs = _check_every("every_n_epochs", every_n_epochs)

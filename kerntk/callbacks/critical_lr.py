@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerntk import ntk, spectral
+from kerntk._backend import require_tensorflow
 from kerntk._checks import is_integer, is_real
 from kerntk.callbacks._summary import summary_log
 from kerntk.callbacks.base import check_probe
@@ -158,6 +159,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
                  guard_factor: float = 1e3, patience: int = 10, backoff: float = 0.5,
                  margin: float = 1.2, spike_rtol: float = 1e-6, loss=None, method: str = "auto",
                  log_dir=None):
+        require_tensorflow("kerntk.callbacks.CriticalLRMonitor")
         super().__init__()
         self.log_dir = log_dir
         self._summary = summary_log(log_dir)
