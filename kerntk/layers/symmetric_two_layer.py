@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from kerntk._backend import require_tensorflow
 from kerntk._checks import is_integer
 from kerntk.layers.parameterization import check_positive, check_units
 
@@ -37,9 +38,18 @@ def get_activation(name: str):
 
 
 def nth_derivative(fn, t, n: int):
-    """Elementwise n-th derivative ``fn⁽ⁿ⁾(t)`` of an elementwise ``fn`` (nested tapes)."""
+    """Elementwise n-th derivative ``fn⁽ⁿ⁾(t)`` of an elementwise ``fn`` (nested tapes; nested
+    ``jax.grad`` of the sum under JAX)."""
     if n == 0:
         return fn(t)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        for _ in range(n):
+            fn = jax.grad(lambda s, f=fn: ops.sum(f(s)))
+        return fn(t)
+    require_tensorflow("kerntk.layers.SymmetricTwoLayer.kth_order_term", also=("jax",))
+    t = tf.convert_to_tensor(t)
     with tf.GradientTape() as tape:
         tape.watch(t)
         inner = nth_derivative(fn, t, n - 1)
@@ -179,7 +189,7 @@ class SymmetricTwoLayer(keras.layers.Layer):
             raise ValueError(f"`k` must be an integer >= 0; got {k!r}.")
         k = int(k)
         half = self.width // 2
-        pre = tf.convert_to_tensor(ops.matmul(inputs, self.w0_half))
+        pre = ops.matmul(inputs, self.w0_half)
         dk = nth_derivative(self._sigma, pre, k)
         move = ops.matmul(inputs, self.kernel)
         diff = ops.power(move[:, :half], k) - ops.power(move[:, half:], k)
