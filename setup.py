@@ -20,7 +20,7 @@ setup(
         "importlib_resources",
     ],
     extras_require={
-        "test": ["pytest", "matplotlib", "tensorboard"],
+        "test": ["pytest", "matplotlib", "tensorboard", "jax"],
         "plot": ["matplotlib"],
         "examples": ["matplotlib"],
     },
