@@ -126,13 +126,13 @@ def test_structured_matches_jacobian_float32(name, rng):
 
 def test_conv_patch_and_gradient_forms_agree(rng, monkeypatch):
     # The per-layer form is chosen by a FLOP estimate; force each one in turn.
-    from kerntk.ntk import empirical
+    from kerntk.ntk import blocks
     keras.config.set_dtype_policy("float64")
     model = strided_cnn()
     x = rng.standard_normal((4, 7, 6, 2))
     kernels = {}
     for form in ("patch", "grad"):
-        monkeypatch.setattr(empirical, "_choose_form",
+        monkeypatch.setattr(blocks, "choose_form",
                             lambda n1, n2, S, F, C, c, full, form=form: "patch" if S == 1 else form)
         kernels[form] = ntk(model, x, method="structured", outputs="full")
         # Fresh compiled functions for the next form.

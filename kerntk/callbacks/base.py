@@ -23,7 +23,7 @@ import numpy as np
 from kerntk import _checks as checks
 from kerntk._backend import require_tensorflow
 from kerntk._blas import single_threaded
-from kerntk.ntk._common import compute_dtype, resolve_dtype
+from kerntk.ntk.forward import compute_dtype, resolve_dtype
 
 
 def _check_every(name: str, value) -> Optional[int]:

@@ -20,7 +20,7 @@ from kerntk._checks import is_integer, is_real
 from kerntk.callbacks._summary import summary_log
 from kerntk.callbacks.base import check_probe
 from kerntk.callbacks.train_step_hook import TrainStepHook
-from kerntk.ntk._common import compute_dtype, forward, read_values, resolve_dtype
+from kerntk.ntk.forward import compute_dtype, forward, read_values, resolve_dtype
 
 ESTIMATES = ("ntk", "hessian", "gauss_newton")
 

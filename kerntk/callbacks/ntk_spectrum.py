@@ -10,7 +10,7 @@ from kerntk import ntk, spectral
 from kerntk._checks import is_integer
 from kerntk.callbacks._summary import summary_log
 from kerntk.callbacks.base import MeasuringCallback, check_probe
-from kerntk.ntk._common import count_outputs
+from kerntk.ntk.forward import count_outputs
 
 
 class NTKSpectrumTracker(MeasuringCallback):

@@ -5,11 +5,21 @@
 * :func:`ntk_operator` — the matrix-free ``K @ v`` as a scipy ``LinearOperator``.
 * :mod:`kerntk.ntk.analytic` — infinite-width NTK/NNGP and NTK-regime kernel regression.
 * Inside a compiled training step: :func:`kerntk.ntk.empirical.kernel_fn` and
-  :class:`kerntk.ntk.empirical.ForwardNTK` (the NTK from the step's own forward pass).
+  :class:`kerntk.ntk.empirical.ForwardNTK` (the NTK from the step's own forward pass; defined in
+  :mod:`kerntk.ntk.in_step`).
+* :func:`register_factorization` — teach the structured NTK a layer (:mod:`kerntk.ntk.registry`;
+  ``registry.explain(model)`` says which layers are structured).
+
+Engine modules, one job each: :mod:`~kerntk.ntk.forward` (stateless forward, dtype, output
+flattening), :mod:`~kerntk.ntk.registry` (layer factorizations), :mod:`~kerntk.ntk.blocks`
+(per-layer Gram blocks), :mod:`~kerntk.ntk.jacobian` (exact fallback), :mod:`~kerntk.ntk.cache`
+(compile cache), :mod:`~kerntk.ntk.traced` (the kernel of one batch).
 """
 
 from kerntk.ntk import analytic
+from kerntk.ntk import registry
 from kerntk.ntk.empirical import empirical_ntk
 from kerntk.ntk.operator import ntk_operator
+from kerntk.ntk.registry import register_factorization
 
-__all__ = ["analytic", "empirical_ntk", "ntk_operator"]
+__all__ = ["analytic", "empirical_ntk", "ntk_operator", "register_factorization", "registry"]

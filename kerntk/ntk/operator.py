@@ -27,7 +27,8 @@ import scipy.sparse.linalg as spla
 import tensorflow as tf
 
 from kerntk._backend import require_tensorflow
-from kerntk.ntk._common import (batch_mixing_layers, check_inputs, check_outputs, compute_dtype,
+from kerntk.ntk import cache
+from kerntk.ntk.forward import (batch_mixing_layers, check_inputs, check_outputs, compute_dtype,
                                 count_outputs, forward, read_values, resolve_dtype)
 
 __all__ = ["ntk_operator"]
@@ -64,17 +65,11 @@ def _jvp_fn(model, dtype, training):
 
 
 def _cached(model, kind: str, dtype: str, training: bool):
-    """The compiled VJP/JVP of ``model``, kept on the model so that repeated operators (e.g. one
-    per epoch in a callback) do not retrace."""
-    cache = model.__dict__.get("_kerntk_ntk_cache")
-    if cache is None:
-        cache = {}
-        object.__setattr__(model, "_kerntk_ntk_cache", cache)
-    key = ("operator", kind, dtype, bool(training),
-           tuple(id(v) for v in model.trainable_variables))
-    if key not in cache:
-        cache[key] = (_vjp_fn if kind == "vjp" else _jvp_fn)(model, dtype, training)
-    return cache[key]
+    """The compiled VJP/JVP of ``model`` from the engine's compile cache (:mod:`kerntk.ntk.cache`),
+    so that repeated operators (e.g. one per epoch in a callback) do not retrace."""
+    make = _vjp_fn if kind == "vjp" else _jvp_fn
+    return cache.cached(model, ("operator", kind, dtype, bool(training)),
+                        lambda jit: make(model, dtype, training))
 
 
 def ntk_operator(model: keras.Model, x, outputs: Union[str, int] = "trace", *,

@@ -1,21 +1,37 @@
-"""Shared plumbing of the empirical-NTK engine: input checks, compute dtype, the stateless forward.
+"""The engine's forward pass and its conventions: input checks, compute dtype, output flattening.
 
-Private: :mod:`kerntk.ntk.empirical` and :mod:`kerntk.ntk.operator` are the public faces.
+Public, for code that evaluates a model the way the NTK engine does (kerntk's callbacks use it):
+
+* :func:`check_inputs` — one array ``x`` with a batch axis, finite, non-empty; builds the model.
+* :func:`resolve_dtype` / :func:`compute_dtype` — the engine's compute dtype (float64 for float64
+  models, float32 otherwise, mixed precision lifted to float32) and a context running every layer
+  in it.
+* :func:`read_values` / :func:`forward` — ``f(w; x)`` through ``model.stateless_call`` at plain
+  tensor values of the variables, outputs flattened to ``(n, c)`` by :func:`flatten_outputs`
+  (every output flattened per example, concatenated in ``tf.nest`` order: unit ``k`` is column
+  ``k``).
+* :func:`check_outputs` / :func:`count_outputs` — the ``outputs`` argument (``"trace"``,
+  ``"full"`` or a unit index) and the number ``c`` of output units.
+* :func:`batch_mixing_layers` — layers known to couple the examples of a batch.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, List, Optional, Union
+from typing import List, Optional, Union
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from kerntk import _checks as checks
+from kerntk import _keras_compat as compat
 
 Outputs = Union[str, int]
-_FLOATS = ("float16", "bfloat16", "float32", "float64")
+__all__ = ["FLOATS", "batch_mixing_layers", "check_inputs", "check_outputs", "compute_dtype",
+           "count_outputs", "flatten_outputs", "forward", "read_values", "resolve_dtype"]
+
+# Floating compute dtypes (the layers whose compute dtype :func:`compute_dtype` changes).
+FLOATS = ("float16", "bfloat16", "float32", "float64")
 
 
 def check_inputs(model: keras.Model, x) -> np.ndarray:
@@ -76,24 +92,11 @@ def resolve_dtype(model: keras.Model, dtype) -> str:
     return dtype
 
 
-@contextlib.contextmanager
-def compute_dtype(model: keras.Model, dtype: str) -> Iterator[None]:
-    """Temporarily run every layer of ``model`` in ``dtype`` (variables are read through Keras'
-    autocast), e.g. a ``mixed_float16`` model in float32. Restored on exit, even on error."""
-    changed = []
-    try:
-        for layer in model._flatten_layers(include_self=True, recursive=True):
-            cd = layer.compute_dtype
-            if cd in _FLOATS and cd != dtype:
-                changed.append((layer, layer._dtype_policy))
-                policy = keras.dtype_policies.DTypePolicy(dtype)
-                # Keep the variable dtype, so that Keras autocasts variable reads to `dtype`.
-                policy._variable_dtype = layer.variable_dtype
-                layer._dtype_policy = policy
-        yield
-    finally:
-        for layer, policy in reversed(changed):
-            layer._dtype_policy = policy
+def compute_dtype(model: keras.Model, dtype: str):
+    """Context: temporarily run every layer of ``model`` in ``dtype`` (variables are read through
+    Keras' autocast), e.g. a ``mixed_float16`` model in float32. Restored on exit, even on
+    error."""
+    return compat.compute_dtype(model, dtype, FLOATS)
 
 
 def read_values(model: keras.Model):
@@ -138,10 +141,7 @@ def check_outputs(outputs: Outputs, n_outputs: int) -> Outputs:
 def count_outputs(model: keras.Model, x: np.ndarray) -> int:
     """Number of output units ``c`` (all outputs flattened per example), cached per input shape
     on the model (symbolic tracing costs ~1 ms, and callbacks ask every step)."""
-    cache = model.__dict__.get("_kerntk_output_counts")
-    if cache is None:
-        cache = {}
-        object.__setattr__(model, "_kerntk_output_counts", cache)
+    cache = compat.model_store(model, "_kerntk_output_counts")
     shape = tuple(x.shape[1:])
     if shape not in cache:
         cache[shape] = _count_outputs(model, x)
@@ -162,5 +162,5 @@ def batch_mixing_layers(model: keras.Model, training: bool) -> List[str]:
     mode)."""
     if not training:
         return []
-    return [layer.name for layer in model._flatten_layers(include_self=False, recursive=True)
+    return [layer.name for layer in compat.flatten_layers(model, include_self=False)
             if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]

@@ -1,0 +1,92 @@
+"""Every reach of kerntk into private Keras API (or Keras objects' internals), in one place.
+
+Keras 3 offers no public way to list a model's nested layers, to run a layer in another compute
+dtype, to ask whether a layer's ``call`` takes ``training``, or to replace a bound method on one
+object without Keras' attribute tracking; the engine needs all four. If a Keras release changes
+one of these, this module is the only one to fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, List
+
+import keras
+
+
+def flatten_layers(model, include_self: bool = True, recursive: bool = True) -> List:
+    """The layers of ``model`` (nested models/layers included when ``recursive``), each once."""
+    return list(model._flatten_layers(include_self=include_self, recursive=recursive))
+
+
+def own_trainable_variables(layer) -> List:
+    """The trainable variables created by ``layer`` itself (not by its sub-layers)."""
+    nested = {id(v) for sub in flatten_layers(layer, include_self=False, recursive=False)
+              for v in sub.trainable_variables}
+    return [v for v in layer.trainable_variables if id(v) not in nested]
+
+
+def call_has_training_arg(layer) -> bool:
+    """Whether ``layer.call`` takes a ``training`` argument."""
+    return bool(getattr(layer, "_call_has_training_arg", False))
+
+
+def is_functional(layer) -> bool:
+    """Whether ``layer`` is a Keras functional model (it only passes ``training`` on)."""
+    return type(layer).__name__ == "Functional"
+
+
+def is_lora_or_quantized(layer) -> bool:
+    """Whether ``layer`` runs a LoRA or quantized variant of its ``call``."""
+    return bool(getattr(layer, "lora_enabled", False)
+                or layer.dtype_policy.quantization_mode is not None)
+
+
+@contextlib.contextmanager
+def compute_dtype(model, dtype: str, floats: tuple) -> Iterator[None]:
+    """Temporarily give every layer of ``model`` whose compute dtype is in ``floats`` the compute
+    dtype ``dtype``, keeping its variable dtype (so that Keras autocasts variable reads to
+    ``dtype``). Restored on exit, even on error."""
+    changed = []
+    try:
+        for layer in flatten_layers(model):
+            cd = layer.compute_dtype
+            if cd in floats and cd != dtype:
+                changed.append((layer, layer._dtype_policy))
+                policy = keras.dtype_policies.DTypePolicy(dtype)
+                policy._variable_dtype = layer.variable_dtype
+                layer._dtype_policy = policy
+        yield
+    finally:
+        for layer, policy in reversed(changed):
+            layer._dtype_policy = policy
+
+
+@contextlib.contextmanager
+def override(obj, name: str, value) -> Iterator[None]:
+    """Temporarily set the instance attribute ``obj.name = value`` (e.g. a layer's ``call``),
+    bypassing Keras' attribute tracking; the previous instance attribute (or its absence) is
+    restored on exit, even on error."""
+    previous = obj.__dict__.get(name, None)
+    object.__setattr__(obj, name, value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            object.__delattr__(obj, name)
+        else:
+            object.__setattr__(obj, name, previous)
+
+
+def instance_override(obj, name: str):
+    """The instance attribute ``obj.name`` set by :func:`override` (or ``None``)."""
+    return obj.__dict__.get(name)
+
+
+def model_store(model, name: str) -> dict:
+    """A dict kept on ``model`` under ``name`` (outside Keras' tracking), created on first use."""
+    store = model.__dict__.get(name)
+    if store is None:
+        store = {}
+        object.__setattr__(model, name, store)
+    return store

@@ -1,0 +1,86 @@
+"""The exact fallback of the NTK engine: Jacobians of any model, any layer.
+
+* Per-example (:func:`per_example_jacobian`): a forward and backward pass of each single example,
+  vectorized over the batch with ``pfor``; exact when the examples of a batch are independent.
+* Batched (``method="batched"``): the Jacobian of the batched function, one reverse pass of the
+  whole batch per row; exact for models that couple the batch (e.g. BatchNormalization in
+  training mode).
+
+:func:`jacobian_blocks` turns either into ``J J^T`` blocks, treating the variables in groups of at
+most :data:`MAX_JACOBIAN` Jacobian entries, one group alive at a time. Costs are in
+:mod:`kerntk.ntk.empirical`.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from kerntk.ntk.forward import forward
+
+__all__ = ["MAX_JACOBIAN", "jacobian_blocks", "per_example_jacobian", "variable_groups"]
+
+# Largest Jacobian (in elements) of one group of variables.
+MAX_JACOBIAN = 2 ** 28
+_ZERO = tf.UnconnectedGradients.ZERO
+
+
+def variable_groups(indices: List[int], tvars, rows: int) -> List[List[int]]:
+    """Split variables into groups whose Jacobian (``rows x size``) stays under
+    :data:`MAX_JACOBIAN` elements (a single variable may exceed it)."""
+    groups, current, size = [], [], 0
+    for i in indices:
+        elements = rows * int(np.prod(tvars[i].shape))
+        if current and size + elements > MAX_JACOBIAN:
+            groups.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += elements
+    if current:
+        groups.append(current)
+    return groups
+
+
+def per_example_jacobian(model, vals, ntvals, x, training, dtype, cols, group):
+    """Per-example Jacobians ``(n, c', *shape)`` of ``vals[group]``: a forward/backward pass on
+    each single example, vectorized over the batch with ``pfor`` (examples independent)."""
+
+    def one(xi):
+        sub = [vals[i] for i in group]
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(sub)
+            out = forward(model, vals, ntvals, xi[None], training, dtype)
+            units = [out[0, k] for k in cols]
+        per_unit = [tape.gradient(u, sub, unconnected_gradients=_ZERO) for u in units]
+        return [tf.stack([g[v] for g in per_unit]) for v in range(len(sub))]
+
+    return tf.vectorized_map(one, x)
+
+
+def jacobian_blocks(model, vals, ntvals, x, training, dtype, cols, rest, tape, target,
+                    rows_per_group: int, n1: Optional[int], cross: bool, full: bool,
+                    batched: bool, after: List[tf.Tensor]) -> List[tf.Tensor]:
+    """``J J^T`` blocks (float64) of the trainable variables ``rest`` (indices into ``vals``).
+
+    ``batched`` differentiates ``target`` (the selected output columns, recorded on the
+    persistent ``tape``) as a batched function; otherwise per-example Jacobians are taken.
+    ``after``: blocks computed so far, which the first group waits for (bounded memory)."""
+    rows = (lambda t: tf.reshape(t, (-1, t.shape[-1]))) if full else \
+        (lambda t: tf.reshape(t, (-1, t.shape[1] * t.shape[2])))
+    blocks = list(after)
+    for group in variable_groups(rest, vals, rows_per_group):
+        # Control dependency on the blocks so far: one group's Jacobian is alive at a time.
+        with tf.control_dependencies(blocks[-1:]):
+            if batched:
+                jacs = tape.jacobian(target, [vals[i] for i in group],
+                                     unconnected_gradients=_ZERO, experimental_use_pfor=True)
+            else:
+                jacs = per_example_jacobian(model, vals, ntvals, x, training, dtype, cols,
+                                            group)
+        for j in jacs:
+            J = tf.reshape(tf.cast(j, dtype), (-1, len(cols), int(np.prod(j.shape[2:]))))
+            J1, J2 = (J[:n1], J[n1:]) if cross else (J, J)
+            blocks.append(tf.cast(tf.matmul(rows(J1), rows(J2), transpose_b=True), tf.float64))
+    return blocks[len(after):]
