@@ -48,3 +48,24 @@ def array(name: str, x) -> np.ndarray:
     if x.dtype.kind not in "biuf":
         raise ValueError(f"`{name}` must be numeric; got dtype {x.dtype}.")
     return x
+
+
+def inputs(name: str, x, *, feature_axis: bool = False) -> np.ndarray:
+    """The one rule for model inputs and probes: ``x`` as one numeric numpy array (see
+    :func:`array`) with a batch axis of at least one example and only finite values.
+
+    ``feature_axis`` also requires a feature axis after the batch axis (``x.ndim >= 2``), as the
+    NTK engine does; without, a 1-D ``x`` is a batch of scalars. ``ValueError`` naming ``name``
+    and the reason otherwise."""
+    x = array(name, x)
+    if x.ndim < (2 if feature_axis else 1):
+        raise ValueError(f"`{name}` must have a batch axis" +
+                         (" and at least one feature axis" if feature_axis else "") +
+                         f"; got shape {x.shape}.")
+    if x.shape[0] == 0 or x.size == 0:
+        raise ValueError(f"`{name}` is empty (shape {x.shape}); at least one example is needed.")
+    finite = np.isfinite(x)
+    if not np.all(finite):
+        raise ValueError(f"`{name}` contains {int(np.sum(~finite))} NaN or inf value(s); inputs "
+                         f"must be finite.")
+    return x

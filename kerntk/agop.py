@@ -99,11 +99,7 @@ def _input_jacobian(fn: Callable, xb):
 def _check_batch(x) -> np.ndarray:
     """``x`` as a numpy batch (a 1-D ``x`` is ``n`` samples of one feature); ``ValueError`` if
     empty or not finite."""
-    x = checks.array("x", x)
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"`x` must be a non-empty batch; got shape {x.shape}.")
-    if not np.all(np.isfinite(x.astype(np.float64))):
-        raise ValueError("`x` contains NaN or inf (inputs must be finite).")
+    x = checks.inputs("x", x)
     return x[:, None] if x.ndim == 1 else x
 
 

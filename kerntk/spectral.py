@@ -237,11 +237,10 @@ def top_eigenpairs(K_or_operator, k: int = 1, method: str = "auto", *, which: st
 def _prepare_model(model, x, y=None):
     import tensorflow as tf
 
-    x = checks.array("x", x) if not isinstance(x, tf.Tensor) else x
-    if np.size(x) == 0 or np.shape(x)[0] == 0:
-        raise ValueError("`x` is empty.")
-    if not np.all(np.isfinite(np.asarray(x, dtype=np.float64))):
-        raise ValueError("`x` contains NaN or inf.")
+    if isinstance(x, tf.Tensor):
+        checks.inputs("x", np.asarray(x))
+    else:
+        x = checks.inputs("x", x)
     if y is not None and not np.all(np.isfinite(np.asarray(y, dtype=np.float64))):
         raise ValueError("`y` contains NaN or inf.")
     if not model.built:

@@ -38,12 +38,7 @@ def check_probe(name: str, x) -> np.ndarray:
     """Validates a probe array: one numeric array (not one per model input), non-empty, finite."""
     if x is None:
         raise ValueError(f"`{name}` is required.")
-    x = checks.array(name, x)
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"`{name}` must be a non-empty batch; got shape {x.shape}.")
-    if np.issubdtype(x.dtype, np.number) and not np.all(np.isfinite(x)):
-        raise ValueError(f"`{name}` contains NaN or inf.")
-    return x
+    return checks.inputs(name, x)
 
 
 def full_precision(model: keras.Model):

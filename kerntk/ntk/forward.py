@@ -41,16 +41,7 @@ def check_inputs(model: keras.Model, x) -> np.ndarray:
     """
     if not isinstance(model, keras.layers.Layer):
         raise ValueError(f"`model` must be a Keras model or layer; got {type(model).__name__}.")
-    x = checks.array("x", x)
-    if x.ndim < 2:
-        raise ValueError(f"`x` must have a batch axis and at least one feature axis; "
-                         f"got shape {x.shape}.")
-    if x.shape[0] == 0 or x.size == 0:
-        raise ValueError(f"`x` is empty (shape {x.shape}); the NTK needs at least one example.")
-    if not np.all(np.isfinite(x)):
-        bad = int(np.sum(~np.isfinite(x)))
-        raise ValueError(f"`x` contains {bad} NaN or inf value(s); the NTK of non-finite inputs "
-                         f"is undefined.")
+    x = checks.inputs("x", x, feature_axis=True)
     expected = _expected_input_shape(model)
     if expected is not None:
         got = x.shape[1:]
