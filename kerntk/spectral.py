@@ -39,7 +39,7 @@ from kerntk._blas import single_threaded
 
 __all__ = ["EigenResult", "top_eigenpairs", "hessian_operator", "gauss_newton_operator",
            "hessian_top_eigenpairs",
-           "gauss_newton_top_eigenpairs", "critical_lr", "ntk_critical_lr"]
+           "gauss_newton_top_eigenpairs", "critical_lr", "ntk_critical_lr", "is_mse"]
 
 _DENSE_MAX_N = 2000
 
@@ -410,7 +410,9 @@ def gauss_newton_top_eigenpairs(model, loss, x, y, k: int = 1, *, tol: Optional[
 
 # --------------------------------------------------------------------------- critical LR
 
-def _is_mse(loss) -> bool:
+def is_mse(loss) -> bool:
+    """Whether ``loss`` is Keras' mean squared error averaged over the batch (the loss whose
+    critical learning rate :func:`ntk_critical_lr` gives)."""
     import keras
 
     if isinstance(loss, str):
@@ -460,7 +462,7 @@ def critical_lr(model=None, x=None, y=None, *, loss="mse", method: str = "ntk",
     if method not in ("ntk", "hessian", "gauss_newton"):
         raise ValueError(f"`method` must be 'ntk', 'hessian' or 'gauss_newton'; got {method!r}.")
     if method == "ntk":
-        if not _is_mse(loss):
+        if not is_mse(loss):
             raise ValueError("The NTK estimate n c / lambda_max(K) holds for Keras MSE (mean "
                              "reduction) only; use method='gauss_newton' or 'hessian'.")
         if kernel is not None:

@@ -384,7 +384,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             raise ValueError("CatapultRaise must set the learning rate, which is a "
                              "LearningRateSchedule here; compile with a float learning rate.")
         self._loss = _loss_fn(self.loss if self.loss is not None else self.model.loss)
-        if self.estimate == "ntk" and not spectral._is_mse(self._loss):
+        if self.estimate == "ntk" and not spectral.is_mse(self._loss):
             raise ValueError("estimate='ntk' holds for Keras MSE (mean reduction) only; use "
                              "estimate='gauss_newton' or 'hessian' for other losses.")
         self._beta_factor = self._momentum_factor()

@@ -24,6 +24,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerntk import _keras_compat as compat
+
 
 class TrainStepHook:
     """Installs ``body`` as the model's train step; :meth:`pop` returns the records pushed since
@@ -54,10 +56,10 @@ class TrainStepHook:
         self._model = model
         # A wrapper left by a fit that was interrupted (Keras skips on_train_end then) is
         # replaced, not wrapped again: one hooked callback per model.
-        stale = getattr(model.__dict__.get("train_step"), "_kerntk_hook", None)
+        stale = getattr(compat.instance_override(model, "train_step"), "_kerntk_hook", None)
         if stale is not None:
             stale.uninstall()
-        self._instance_step = model.__dict__.get("train_step")  # a user's own, if any
+        self._instance_step = compat.instance_override(model, "train_step")  # a user's own
         self._jit = model.jit_compile
         # Whether the step is Keras' own (one forward pass of the model, then the update): a
         # custom step may call the model several times, or not at all.

@@ -42,7 +42,8 @@ positions (1 for a Dense layer on 2-D input). Costs are for ``outputs="trace"``;
   plain ``keras.layers.Dense`` / ``Conv1D`` / ``Conv2D`` (channels_last, no dilation, no groups,
   no LoRA/quantization) and any layer class registered with
   :func:`kerntk.ntk.registry.register_factorization` — each called once per forward pass
-  (:func:`kerntk.ntk.registry.explain` tells which layers of a model are covered, and why not). Raises ``ValueError`` if any trainable variable is not covered, or if the model couples
+  (:func:`kerntk.ntk.registry.explain` tells which layers of a model are covered, and why
+  not). Raises ``ValueError`` if any trainable variable is not covered, or if the model couples
   the examples of a batch (BatchNormalization in training mode, or any layer whose output for an
   example depends on the other examples — detected by comparing ``f(x[:2])`` with ``f(x)[:2]``).
 * ``"jacobian"`` — the generic fallback, for any layer: per-example Jacobians (a forward and
@@ -64,11 +65,12 @@ price of ``ceil(n / block_size)`` passes per tile row. Tiles need independent ex
 
 Inside a compiled training step
 -------------------------------
-:func:`kernel_fn` (:mod:`kerntk.ntk.in_step`, re-exported here) is the same kernel as a traceable function (the batch size may be unknown at
-trace time). :class:`ForwardNTK` computes the structured kernel from a forward pass the caller
-runs anyway, e.g. Keras' own ``train_step``: only the ``c`` backward passes to the
-pre-activations and the per-layer Grams remain (``CriticalLRMonitor`` measures the batch NTK of
-every step this way); :func:`shareable_forward` says when that is valid.
+:func:`kernel_fn` (:mod:`kerntk.ntk.in_step`, re-exported here) is the same kernel as a
+traceable function (the batch size may be unknown at trace time). :class:`ForwardNTK` computes
+the structured kernel from a forward pass the caller runs anyway, e.g. Keras' own
+``train_step``: only the ``c`` backward passes to the pre-activations and the per-layer Grams
+remain (``CriticalLRMonitor`` measures the batch NTK of every step this way);
+:func:`shareable_forward` says when that is valid.
 """
 
 from __future__ import annotations
