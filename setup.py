@@ -22,6 +22,7 @@ setup(
     extras_require={
         "test": ["pytest", "matplotlib", "tensorboard", "jax"],
         "plot": ["matplotlib"],
+        "tensorboard": ["tensorboard", "matplotlib"],
         "examples": ["matplotlib"],
     },
 )
