@@ -1,8 +1,9 @@
 """Every reach of kerntk into private Keras API (or Keras objects' internals), in one place.
 
 Keras 3 offers no public way to list a model's nested layers, to run a layer in another compute
-dtype, to ask whether a layer's ``call`` takes ``training``, or to replace a bound method on one
-object without Keras' attribute tracking; the engine needs all four. If a Keras release changes
+dtype, to ask whether a layer's ``call`` takes ``training``, to replace a bound method on one
+object without Keras' attribute tracking, or to change what a variable reads as inside a running
+``stateless_call``; the engine needs all five. If a Keras release changes
 one of these, this module is the only one to fix.
 """
 
@@ -90,3 +91,27 @@ def model_store(model, name: str) -> dict:
         store = {}
         object.__setattr__(model, name, store)
     return store
+
+
+@contextlib.contextmanager
+def detached(variables) -> Iterator[bool]:
+    """Inside a ``StatelessScope`` (``model.stateless_call``): read each of ``variables`` as
+    ``stop_gradient`` of its current value, so that what is computed in the context is not
+    connected to the value the scope maps it to. Yields whether it applied (``False`` outside a
+    stateless scope, where nothing changes). Restored on exit, even on error."""
+    from keras.src.backend.common.stateless_scope import get_stateless_scope
+    import tensorflow as tf
+
+    scope = get_stateless_scope()
+    mapping = getattr(scope, "state_mapping", None)
+    keys = [id(v) for v in variables if v is not None]
+    if mapping is None or not all(k in mapping for k in keys):
+        yield False
+        return
+    saved = {k: mapping[k] for k in keys}
+    try:
+        for k in keys:
+            mapping[k] = tf.stop_gradient(saved[k])
+        yield True
+    finally:
+        mapping.update(saved)

@@ -33,7 +33,8 @@ def brute_jacobian(model, x, training=False):
         for unit in units:
             grads = tape.gradient(unit, model.trainable_variables,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            per_unit.append(np.concatenate([np.asarray(g, np.float64).ravel() for g in grads]))
+            per_unit.append(np.concatenate([np.asarray(tf.convert_to_tensor(g), np.float64).ravel()
+                                            for g in grads]))
         rows.append(per_unit)
         del tape
     return np.array(rows)
@@ -74,10 +75,10 @@ def keras_layers():
 
 
 def mixed_multi_output():
-    # An unsupported layer with weights (LayerNormalization) and two output heads (c = 3).
+    # A layer with weights and no factorization (PReLU) and two output heads (c = 3).
     inputs = keras.Input((5,))
-    h = NTKDense(8, activation="relu")(inputs)
-    h = keras.layers.LayerNormalization()(h)
+    h = NTKDense(8, activation="tanh")(inputs)
+    h = keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.3))(h)
     h = NTKDense(6, activation="tanh")(h)
     return keras.Model(inputs, [NTKDense(2)(h), keras.layers.Dense(1)(h)])
 
@@ -194,7 +195,7 @@ def test_wrong_shapes_and_arguments_raise(rng):
 
 def test_structured_refuses_unfactorizable_layers_and_restores_calls(rng):
     model = mixed_multi_output()
-    with pytest.raises(ValueError, match="layer_normalization.*auto"):
+    with pytest.raises(ValueError, match="p_re_lu.*auto"):
         ntk(model, rng.standard_normal((3, 5)), method="structured")
     for layer in model._flatten_layers(include_self=True, recursive=True):
         assert "call" not in layer.__dict__
@@ -355,5 +356,5 @@ def test_shareable_forward_refuses_what_it_cannot_share(rng):
     share = kerntk.ntk.empirical.shareable_forward
     assert share(kerntk.models.fcn(2, 4, input_shape=(5,)), x, "float32")
     assert not share(dropout, x, "float32")                       # training-dependent layer
-    assert not share(mixed_multi_output(), x, "float32")          # LayerNormalization weights
+    assert not share(mixed_multi_output(), x, "float32")          # PReLU weights
     assert not share(kerntk.models.fcn(2, 4, input_shape=(5,)), x, "float64")  # other dtype

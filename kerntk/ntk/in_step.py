@@ -22,7 +22,7 @@ from kerntk import _keras_compat as compat
 from kerntk._backend import require_tensorflow
 from kerntk.ntk.forward import (FLOATS, compute_dtype, flatten_outputs, forward, read_values,
                                 resolve_dtype)
-from kerntk.ntk.registry import capture, coverage, find_sites
+from kerntk.ntk.registry import capture, coverage, find_sites, unproven_layers
 from kerntk.ntk.traced import METHODS, cached_kernel_fn, columns, structured_blocks
 
 __all__ = ["ForwardNTK", "kernel_fn", "mixes_batch", "shareable_forward"]
@@ -69,8 +69,8 @@ def shareable_forward(model: keras.Model, x2: tf.Tensor, dtype: str) -> bool:
     It can when (1) every layer's output ignores ``training`` (no Dropout, BatchNormalization,
     noise, or custom layers taking ``training``), (2) every layer computes in ``dtype`` (not a
     mixed-precision model), and (3) the per-layer factorization covers every trainable variable
-    (each in a layer called once per forward pass), which a forward pass of ``x2`` under capture
-    tells.
+    (each in a layer called once per forward pass, its variables used only there), which a
+    forward pass of ``x2`` under capture proves.
     """
     require_tensorflow("kerntk.ntk.empirical.shareable_forward")
     layers = compat.flatten_layers(model)
@@ -80,10 +80,12 @@ def shareable_forward(model: keras.Model, x2: tf.Tensor, dtype: str) -> bool:
     sites = find_sites(model, {id(v): i for i, v in enumerate(tvars)})
     with compute_dtype(model, dtype):
         vals, ntvals = read_values(model)
-        with capture(sites):
-            forward(model, vals, ntvals, x2, False, dtype)
+        tape = tf.GradientTape()
+        with capture(sites, tape), tape:
+            tape.watch(vals)
+            total = tf.reduce_sum(forward(model, vals, ntvals, x2, False, dtype))
     _, rest = coverage(sites, len(tvars))
-    return ok and not rest
+    return ok and not rest and not unproven_layers(sites, tape, total, vals)
 
 
 class ForwardNTK:

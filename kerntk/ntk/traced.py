@@ -16,7 +16,7 @@ from kerntk.ntk import cache
 from kerntk.ntk.blocks import BLOCKS, NOMINAL_BATCH
 from kerntk.ntk.forward import compute_dtype, forward, read_values
 from kerntk.ntk.jacobian import jacobian_blocks
-from kerntk.ntk.registry import Site, capture, coverage, find_sites
+from kerntk.ntk.registry import Site, capture, coverage, find_sites, unproven_layers
 
 __all__ = ["METHODS", "cached_kernel_fn", "columns", "kernel_graph", "structured_blocks"]
 
@@ -39,6 +39,7 @@ def structured_blocks(active: List[Site], per_output: list, n1, cross: bool, ful
         D = tf.stack([tf.cast(g[j], dtype) for g in per_output])
         a = site.records[0][0]
         blocks.append(BLOCKS[site.fact.kind](site.fact, a, D, n1, cross, full,
+                                             site.kernel_index is not None,
                                              site.bias_index is not None))
     return blocks
 
@@ -53,18 +54,30 @@ def kernel_graph(model: keras.Model, x1: tf.Tensor, x2: Optional[tf.Tensor], met
     n = x.shape[0]
     tvars = model.trainable_variables
     index_of = {id(v): i for i, v in enumerate(tvars)}
-    sites = find_sites(model, index_of) if method in ("structured", "auto") else []
+    structured = method in ("structured", "auto")
+    excluded = set()
     with compute_dtype(model, dtype):
         vals, ntvals = read_values(model)
-        with capture(sites):
-            with tf.GradientTape(persistent=True) as tape:
-                tape.watch(vals)
-                out = forward(model, vals, ntvals, x, training, dtype)
-                # Targets are recorded on the tape: the sums give the cotangents D, the
-                # selected columns the batched Jacobian.
-                cols = columns(out, outputs)
-                sums = [tf.reduce_sum(out[:, k]) for k in cols]
-                target = tf.gather(out, cols, axis=1)
+        while True:
+            sites = find_sites(model, index_of, excluded) if structured else []
+            tape = tf.GradientTape(persistent=True)
+            with capture(sites, tape):
+                with tape:
+                    tape.watch(vals)
+                    out = forward(model, vals, ntvals, x, training, dtype)
+                    # Targets are recorded on the tape: the sums give the cotangents D, the
+                    # selected columns the batched Jacobian.
+                    cols = columns(out, outputs)
+                    sums = [tf.reduce_sum(out[:, k]) for k in cols]
+                    target = tf.gather(out, cols, axis=1)
+                    total = tf.add_n(sums)
+            # A layer called twice, or whose variables are used outside its call (tied
+            # weights), is traced again without its factorization (exact Jacobian).
+            unproven = unproven_layers(sites, tape, total, vals)
+            if not unproven:
+                break
+            excluded |= unproven
+            del tape
         probe = forward(model, vals, ntvals, x[:2], training, dtype)
         full = outputs == "full"
         active, rest = coverage(sites, len(tvars))
@@ -76,8 +89,7 @@ def kernel_graph(model: keras.Model, x1: tf.Tensor, x2: Optional[tf.Tensor], met
         blocks = []
         if active:
             zs = [s.records[0][1] for s in active]
-            per_output = [tape.gradient(total, zs, unconnected_gradients=_ZERO)
-                          for total in sums]
+            per_output = [tape.gradient(t, zs, unconnected_gradients=_ZERO) for t in sums]
             blocks = structured_blocks(active, per_output, n1, cross, full, dtype)
         blocks += jacobian_blocks(model, vals, ntvals, x, training, dtype, cols, rest, tape,
                                   target, (n or NOMINAL_BATCH) * len(cols), n1, cross, full,
