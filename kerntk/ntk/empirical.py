@@ -36,13 +36,20 @@ positions (1 for a Dense layer on 2-D input). Costs are for ``outputs="trace"``;
     time ``O(n S F C c + n^2 F C c)``, memory ``O(n c F C)`` (for convolutions ``G_i`` comes
     from the conv backprop-filter op mapped over examples; no patches are formed).
 
-  The cheaper of the two forms (by a multiply-add count) is chosen per layer. Covered layers:
-  those with a factorization in :mod:`kerntk.ntk.registry` — ``kerntk.layers.NTKDense`` (and
-  ``PolyDense``), ``kerntk.layers.BaseNTKConv`` (``NTKConv1D``, ``NTKConv2D``, ``PolyConv2D``),
-  plain ``keras.layers.Dense`` / ``Conv1D`` / ``Conv2D`` (channels_last, no dilation, no groups,
-  no LoRA/quantization) and any layer class registered with
-  :func:`kerntk.ntk.registry.register_factorization` — each called once per forward pass
-  (:func:`kerntk.ntk.registry.explain` tells which layers of a model are covered, and why
+  The cheaper of the two forms (by a multiply-add count) is chosen per layer. Grouped and
+  depthwise convolutions use the per-example-gradient form (one group's channels at a time);
+  transposed convolutions swap the roles of ``a`` and ``d``; elementwise scales
+  (LayerNormalization) cost ``O(n S C c + n^2 C c)``; an embedding forms either the id-equality
+  Gram of the positions or per-example gradients over the ids present in the batch. Covered
+  layers: those with a factorization in :mod:`kerntk.ntk.registry` — ``kerntk.layers.NTKDense``
+  (and ``PolyDense``), ``kerntk.layers.BaseNTKConv`` (``NTKConv1D``, ``NTKConv2D``,
+  ``PolyConv2D``), Keras' ``Dense``, ``Conv1D``/``2D``/``3D`` (``groups`` included),
+  ``DepthwiseConv1D``/``2D``, ``SeparableConv1D``/``2D``, ``Conv1DTranspose``/``2D``/``3D``
+  (channels_last, no dilation, no LoRA/quantization), ``LayerNormalization``,
+  ``RMSNormalization``, ``Embedding``, and
+  any layer class registered with :func:`kerntk.ntk.registry.register_factorization` — each
+  called once per forward pass, with its variables used only there (both proven while tracing;
+  :func:`kerntk.ntk.registry.explain` tells which layers of a model are covered, and why
   not). Raises ``ValueError`` if any trainable variable is not covered, or if the model couples
   the examples of a batch (BatchNormalization in training mode, or any layer whose output for an
   example depends on the other examples — detected by comparing ``f(x[:2])`` with ``f(x)[:2]``).
@@ -56,12 +63,15 @@ positions (1 for a Dense layer on 2-D input). Costs are for ``outputs="trace"``;
   Jacobian of the *batched* function is used instead (one reverse pass of the whole batch per
   row, ``O(n^2 c P)`` time and more memory), which is exact for such models.
 * ``"auto"`` (default) — ``"structured"`` for every variable it covers and ``"jacobian"`` for the
-  others (e.g. LayerNormalization scales); the two blocks are added. If the model couples the
+  others (e.g. a layer of a class with no registered factorization, or tied weights); the two
+  blocks are added. If the model couples the
   batch it falls back to the batched-function Jacobian for everything, with a warning.
 
 ``block_size`` computes ``K`` in ``block_size x block_size`` tiles (the upper triangle, then
 mirrored): the memory of every method then depends on ``block_size`` instead of ``n``, at the
-price of ``ceil(n / block_size)`` passes per tile row. Tiles need independent examples.
+price of ``ceil(n / block_size)`` passes per tile row. Tiles need independent examples. Before
+anything is allocated, the peak memory is estimated from the shapes and the tiles are chosen to
+fit (or the request refused with the estimate): :mod:`kerntk.ntk.memory`.
 
 Inside a compiled training step
 -------------------------------
@@ -82,13 +92,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerntk import _keras_compat as compat
 from kerntk._backend import require_tensorflow
-from kerntk.layers import BaseNTKConv
 from kerntk.ntk.forward import (batch_mixing_layers, check_inputs, check_outputs, count_outputs,
                                 resolve_dtype)
 # The in-step API lived here first; kept importable from kerntk.ntk.empirical.
 from kerntk.ntk.in_step import ForwardNTK, kernel_fn, mixes_batch, shareable_forward
+from kerntk.ntk.memory import plan_kernel
+from kerntk.ntk.registry import explain
 from kerntk.ntk.traced import METHODS, cached_kernel_fn
 
 __all__ = ["empirical_ntk", "kernel_fn", "ForwardNTK", "shareable_forward", "mixes_batch"]
@@ -97,7 +107,8 @@ __all__ = ["empirical_ntk", "kernel_fn", "ForwardNTK", "shareable_forward", "mix
 def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
                   outputs: Union[str, int] = "trace", block_size: Optional[int] = None,
                   training: bool = False, dtype=None,
-                  jit_compile: Optional[bool] = None, return_outputs: bool = False):
+                  jit_compile: Optional[bool] = None, return_outputs: bool = False,
+                  verbose: int = 0):
     """Exact empirical NTK ``K_ij = <df(x_i)/dw, df(x_j)/dw>`` over ``model.trainable_variables``.
 
     See the module docstring (:mod:`kerntk.ntk.empirical`) for the conventions and the cost of
@@ -109,8 +120,11 @@ def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
         method: ``"auto"`` (default), ``"structured"`` or ``"jacobian"``.
         outputs: ``"trace"`` (``n x n``, summed over output units), ``"full"``
             (``(n c) x (n c)``, index ``i * c + k``) or an int (that output unit, ``n x n``).
-        block_size: compute ``K`` in tiles of this many examples (bounded memory); ``None`` does
-            all ``n`` at once.
+        block_size: compute ``K`` in tiles of this many examples (bounded memory). ``None``:
+            all ``n`` at once if the estimated peak memory fits the memory limit, else the
+            largest halving of ``n`` that fits (:mod:`kerntk.ntk.memory`); a ``block_size``
+            that does not fit raises :class:`kerntk.ntk.memory.NTKMemoryError` naming one that
+            would.
         training: the ``training`` flag of the forward pass (no state is updated).
         dtype: compute dtype, ``"float32"`` or ``"float64"``; ``None`` picks float64 for float64
             models and float32 otherwise (mixed-precision models run in float32).
@@ -120,6 +134,8 @@ def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
             not for ``"jacobian"`` nor convolutional models (XLA was ~40x slower there).
         return_outputs: also return the model's outputs ``f(x)`` (``(n, c)`` float64) from the
             same forward pass (free; saves a caller's separate forward pass).
+        verbose: ``1`` shows a Keras ``Progbar`` over the tiles (tiles done, time left);
+            ``0`` (default) is silent.
 
     Returns:
         float64 numpy array, exactly symmetric, positive semi-definite up to round-off; with
@@ -143,18 +159,25 @@ def empirical_ntk(model: keras.Model, x, *, method: str = "auto",
         raise ValueError(f"`block_size` must be None or a positive int; got {block_size!r}.")
     if jit_compile is not None and not isinstance(jit_compile, bool):
         raise ValueError(f"`jit_compile` must be None or a bool; got {jit_compile!r}.")
-    K, f = _empirical_ntk(model, x, method, outputs, block_size, training, dtype, jit_compile)
+    if verbose not in (0, 1, True, False):
+        raise ValueError(f"`verbose` must be 0 or 1; got {verbose!r}.")
+    K, f = _empirical_ntk(model, x, method, outputs, block_size, training, dtype, jit_compile,
+                          int(verbose))
     return (K, f) if return_outputs else K
 
 
-def _empirical_ntk(model, x, method, outputs, block_size, training, dtype, jit_compile):
+def _empirical_ntk(model, x, method, outputs, block_size, training, dtype, jit_compile,
+                   verbose):
     x = check_inputs(model, x)
     dt = resolve_dtype(model, dtype)
-    outputs = check_outputs(outputs, count_outputs(model, x))
+    c = count_outputs(model, x)
+    outputs = check_outputs(outputs, c)
     n = x.shape[0]
-    bs = n if block_size is None else min(int(block_size), n)
-
     coupled = batch_mixing_layers(model, training)
+    # Memory before allocation: the block size that fits (or the one asked for, if it fits).
+    bs = plan_kernel(model, x.shape, method, outputs, c, dt,
+                     n if coupled and block_size is None else block_size,
+                     batched=bool(coupled)).block_size
     if coupled:
         if method == "structured":
             raise ValueError(f"method='structured' needs independent examples, but these layers "
@@ -167,10 +190,10 @@ def _empirical_ntk(model, x, method, outputs, block_size, training, dtype, jit_c
             warnings.warn(f"Layers {coupled} couple the batch with training=True; computing the "
                           f"NTK with method='jacobian' (Jacobian of the batched function).",
                           stacklevel=2)
-        return _tiled(model, x, "batched", outputs, dt, training, bs, jit_compile)
+        return _tiled(model, x, "batched", outputs, dt, training, bs, jit_compile, verbose)
 
     try:
-        return _tiled(model, x, method, outputs, dt, training, bs, jit_compile)
+        return _tiled(model, x, method, outputs, dt, training, bs, jit_compile, verbose)
     except _BatchCoupled:
         if method == "structured":
             raise ValueError("method='structured' needs independent examples, but the model's "
@@ -184,29 +207,30 @@ def _empirical_ntk(model, x, method, outputs, block_size, training, dtype, jit_c
             warnings.warn("The model couples the examples of a batch (f(x[:2]) != f(x)[:2]); "
                           "computing the NTK with method='jacobian' (Jacobian of the batched "
                           "function).", stacklevel=2)
-        return _tiled(model, x, "batched", outputs, dt, training, bs, jit_compile)
+        return _tiled(model, x, "batched", outputs, dt, training, bs, jit_compile, verbose)
 
 
 class _BatchCoupled(Exception):
     pass
 
 
-_CONVS = (BaseNTKConv, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
-          keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
+# Factorization kinds whose blocks XLA runs slowly on CPU (the per-example conv gradients, a loop
+# of Conv2DBackpropFilter, ~40x slower than the plain graph on the benchmark cnn) or cannot
+# compile (the ids present in a batch, for "gather", have a data-dependent count).
+_NOT_FOR_XLA = ("conv", "conv_transpose", "gather")
 
 
-def _has_convolutions(model) -> bool:
-    # XLA on CPU runs the per-example conv gradients (a loop of Conv2DBackpropFilter) ~40x slower
-    # than the plain graph (measured on the benchmark cnn), so convolutional models skip it.
-    return any(isinstance(layer, _CONVS)
-               for layer in compat.flatten_layers(model, include_self=False))
+def _xla_friendly(model) -> bool:
+    return not any(kind in _NOT_FOR_XLA for report in explain(model) if report.kind
+                   for kind in report.kind.split("+"))
 
 
-def _tiled(model, x, method, outputs, dt, training, bs, jit_compile):
-    """``(K, f(x))``: the kernel tile by tile, and the outputs from the diagonal tiles."""
+def _tiled(model, x, method, outputs, dt, training, bs, jit_compile, verbose):
+    """``(K, f(x))``: the kernel tile by tile, and the outputs from the diagonal tiles; a Keras
+    ``Progbar`` over the tiles when ``verbose``."""
     jit = jit_compile
     if jit is None:
-        jit = method in ("structured", "auto") and not _has_convolutions(model)
+        jit = method in ("structured", "auto") and _xla_friendly(model)
     n = x.shape[0]
     reps = 1
     if outputs == "full":
@@ -216,6 +240,9 @@ def _tiled(model, x, method, outputs, dt, training, bs, jit_compile):
     outs = []
     x = tf.constant(x, dtype=dt)
     check = method != "batched"
+    bar = keras.utils.Progbar(len(starts) * (len(starts) + 1) // 2, unit_name="tile") \
+        if verbose else None
+    done = 0
     for a, s in enumerate(starts):
         xs = x[s:s + bs]
         rs = slice(s * reps, min(s + bs, n) * reps)
@@ -225,6 +252,9 @@ def _tiled(model, x, method, outputs, dt, training, bs, jit_compile):
             raise _BatchCoupled()
         outs.append(out)
         K[rs, rs] = blk.numpy()
+        done += 1
+        if bar is not None:
+            bar.update(done)
         for t in starts[a + 1:]:
             rt = slice(t * reps, min(t + bs, n) * reps)
             blk, _, _ = cached_kernel_fn(model, method, outputs, dt, training, True, jit)(
@@ -232,6 +262,9 @@ def _tiled(model, x, method, outputs, dt, training, bs, jit_compile):
             blk = blk.numpy()
             K[rs, rt] = blk
             K[rt, rs] = blk.T
+            done += 1
+            if bar is not None:
+                bar.update(done)
     # Exactly symmetric (the diagonal tiles are only symmetric up to round-off).
     K += K.T
     K *= 0.5

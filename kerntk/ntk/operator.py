@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from kerntk._backend import require_tensorflow
 from kerntk.ntk import cache
+from kerntk.ntk.memory import plan_operator
 from kerntk.ntk.forward import (batch_mixing_layers, check_inputs, check_outputs, compute_dtype,
                                 count_outputs, forward, read_values, resolve_dtype)
 
@@ -85,7 +86,8 @@ def ntk_operator(model: keras.Model, x, outputs: Union[str, int] = "trace", *,
         x: array ``(n, ...)``, finite and non-empty.
         outputs: ``"trace"`` (``n x n``), ``"full"`` (``nc x nc``, index ``i * c + k``) or an int.
         block_size: process ``x`` in chunks of this many examples (memory independent of ``n``;
-            needs independent examples). ``None``: all at once.
+            needs independent examples). ``None``: all at once if the estimated peak memory
+            fits, else the largest halving of ``n`` that does (:mod:`kerntk.ntk.memory`).
         training: the ``training`` flag of the forward passes (no state is updated).
         dtype: compute dtype (``"float32"``/``"float64"``; ``None`` as in
             :func:`kerntk.ntk.empirical_ntk`). ``matvec`` takes and returns float64.
@@ -107,8 +109,10 @@ def ntk_operator(model: keras.Model, x, outputs: Union[str, int] = "trace", *,
     c = count_outputs(model, x)
     outputs = check_outputs(outputs, c)
     n = x.shape[0]
-    bs = n if block_size is None else min(int(block_size), n)
-    if bs < n and batch_mixing_layers(model, training):
+    coupled = batch_mixing_layers(model, training)
+    bs = plan_operator(model, x.shape, c, dt,
+                       n if coupled and block_size is None else block_size).block_size
+    if bs < n and coupled:
         raise ValueError(f"block_size needs independent examples, but these layers couple the "
                          f"batch with training=True: {batch_mixing_layers(model, training)}.")
     size = n * c if outputs == "full" else n
