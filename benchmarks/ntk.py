@@ -8,11 +8,17 @@ see the same machine load; peak RSS of each method is measured in a fresh subpro
     python benchmarks/ntk.py --rows=fcn128 --repeats=11
     python benchmarks/ntk.py --rows=blocks10k,op50k   # the scale rows (minutes)
     python benchmarks/ntk.py --rows=fcn128 --nt_python=.nt-venv/bin/python   # vs neural-tangents
+    python benchmarks/ntk.py --rows=lnmlp256,sepcnn64 --nt_python=.nt-venv/bin/python
 
 Rows:
   fcn128     5-layer ReLU fcn, width 1024, d=3072, n=128, float32 (the reference)
   fcn512     same net, n=512
   cnn64      5-layer cnn, 128 channels, 32x32x3, n=64
+  lnmlp256   plain Keras MLP with LayerNormalization: 784 -> [Dense 512, LayerNorm, ReLU] x 2
+             -> Dense 10, n=256
+  sepcnn64   plain Keras depthwise-separable CNN on 32x32x3: Conv2D 32, SeparableConv2D 64,
+             DepthwiseConv2D, Conv2D 1x1 64 (3x3 "same", ReLU), global average pool,
+             Dense 10, n=64
   blocks10k  same fcn, n=10,000, empirical_ntk(block_size=--block_size)
   op50k      top-10 eigenpairs of the trace NTK through ntk_operator, n=50,000
              (3-layer fcn, width 512, d=784; --op_n/--op_k), scipy eigsh (or
@@ -38,7 +44,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["fcn128", "fcn512", "cnn64"], "Rows to run (see module docstring).")
 flags.DEFINE_integer("repeats", 7, "Timed repetitions of the train step and the exact NTK.")
 flags.DEFINE_integer("jacobian_repeats", 3, "Timed repetitions of the jacobian method.")
-flags.DEFINE_list("jacobian_rows", ["fcn128", "cnn64"],
+flags.DEFINE_list("jacobian_rows", ["fcn128", "cnn64", "lnmlp256", "sepcnn64"],
                   "Rows on which the (slow, memory-hungry) jacobian method is timed.")
 flags.DEFINE_bool("rss", True, "Measure the peak RSS of each method in a fresh subprocess.")
 flags.DEFINE_integer("block_size", 1000, "block_size of the blocks10k row.")
@@ -59,7 +65,27 @@ ROWS = {
     "fcn128": ("fcn", (3072,), 128),
     "fcn512": ("fcn", (3072,), 512),
     "cnn64": ("cnn", (32, 32, 3), 64),
+    "lnmlp256": ("lnmlp", (784,), 256),
+    "sepcnn64": ("sepcnn", (32, 32, 3), 64),
 }
+
+
+def _keras_model(arch: str, shape):
+    """The rows made of plain Keras layers (the ones users put in models)."""
+    import keras
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    if arch == "lnmlp":
+        layers = []
+        for _ in range(2):
+            layers += [L.Dense(512), L.LayerNormalization(), L.Activation("relu")]
+        layers.append(L.Dense(10))
+    else:
+        layers = [L.Conv2D(32, 3, padding="same", activation="relu"),
+                  L.SeparableConv2D(64, 3, padding="same", activation="relu"),
+                  L.DepthwiseConv2D(3, padding="same", activation="relu"),
+                  L.Conv2D(64, 1, activation="relu"), L.GlobalAveragePooling2D(), L.Dense(10)]
+    return keras.Sequential([keras.Input(shape)] + layers)
 
 
 def _setup(row: str):
@@ -71,11 +97,13 @@ def _setup(row: str):
     arch, shape, n = ROWS[row]
     if arch == "fcn":
         model = kerntk.models.fcn(5, 1024, input_shape=shape, seed=0)
-    else:
+    elif arch == "cnn":
         model = kerntk.models.cnn(5, 128, input_shape=shape, seed=0)
+    else:
+        model = _keras_model(arch, shape)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n,) + shape).astype("float32")
-    y = rng.standard_normal((n, 1)).astype("float32")
+    y = rng.standard_normal((n, model.output_shape[-1])).astype("float32")
     optimizer = keras.optimizers.SGD(1e-3)
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.MeanSquaredError()
@@ -148,8 +176,10 @@ def _row(row: str) -> dict:
     for _ in range(FLAGS.repeats):
         t_train.append(_time(train))
         t_auto.append(_time(methods["auto"]))
+    from kerntk.ntk.registry import explain
     result = {"row": row, "n": x.shape[0], "train_ms": 1e3 * statistics.median(t_train),
-              "auto_ms": 1e3 * statistics.median(t_auto)}
+              "auto_ms": 1e3 * statistics.median(t_auto),
+              "exact_jacobian_layers": [r.name for r in explain(model) if not r.structured]}
     if row in FLAGS.jacobian_rows:
         import numpy as np
         K_jac = methods["jacobian"]()  # compile
@@ -214,16 +244,46 @@ import numpy as np, jax, jax.numpy as jnp
 import neural_tangents as nt
 from neural_tangents import stax
 a = json.loads(sys.argv[1])
-layers = []
-for _ in range(a["depth"] - 1):
-    layers += [stax.Dense(a["width"], W_std=1.0, b_std=1.0, parameterization="ntk"), stax.Relu()]
-layers.append(stax.Dense(1, W_std=1.0, b_std=1.0, parameterization="ntk"))
-init_fn, apply_fn, _ = stax.serial(*layers)
-_, params = init_fn(jax.random.PRNGKey(0), (-1, a["d"]))
-x = jnp.asarray(np.random.default_rng(0).standard_normal((a["n"], a["d"])), jnp.float32)
+key = jax.random.PRNGKey(0)
+conv = lambda h, W, groups=1: jax.lax.conv_general_dilated(
+    h, W, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+if a["arch"] == "fcn":
+    layers = []
+    for _ in range(a["depth"] - 1):
+        layers += [stax.Dense(a["width"], W_std=1.0, b_std=1.0, parameterization="ntk"),
+                   stax.Relu()]
+    layers.append(stax.Dense(1, W_std=1.0, b_std=1.0, parameterization="ntk"))
+    init_fn, apply_fn, _ = stax.serial(*layers)
+    _, params = init_fn(key, (-1,) + tuple(a["shape"]))
+elif a["arch"] == "lnmlp":  # Dense, LayerNorm (gamma, beta), ReLU; x 2; Dense 10
+    dims = [a["shape"][0], 512, 512]
+    params = [(jax.random.normal(key, (dims[i], dims[i + 1])) / np.sqrt(dims[i]),
+               jnp.zeros(dims[i + 1]), jnp.ones(dims[i + 1]), jnp.zeros(dims[i + 1]))
+              for i in range(2)] + [(jax.random.normal(key, (512, 10)) / np.sqrt(512),
+                                     jnp.zeros(10))]
+    def apply_fn(params, x, **kw):
+        h = x
+        for W, b, g, be in params[:-1]:
+            h = h @ W + b
+            mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
+            h = jax.nn.relu((h - mu) / jnp.sqrt(var + 1e-3) * g + be)
+        return h @ params[-1][0] + params[-1][1]
+else:  # sepcnn: Conv2D 32, SeparableConv2D 64 (depthwise + pointwise), DepthwiseConv2D,
+       # Conv2D 1x1 64, global average pool, Dense 10; 3x3 "same", ReLU, biases
+    n = lambda *s: jax.random.normal(key, s) * 0.1
+    params = dict(c1=(n(3, 3, 3, 32), jnp.zeros(32)), dw=n(3, 3, 1, 32),
+                  pw=(n(1, 1, 32, 64), jnp.zeros(64)), dw2=(n(3, 3, 1, 64), jnp.zeros(64)),
+                  c2=(n(1, 1, 64, 64), jnp.zeros(64)), out=(n(64, 10), jnp.zeros(10)))
+    def apply_fn(p, x, **kw):
+        h = jax.nn.relu(conv(x, p["c1"][0]) + p["c1"][1])
+        h = jax.nn.relu(conv(conv(h, p["dw"], 32), p["pw"][0]) + p["pw"][1])
+        h = jax.nn.relu(conv(h, p["dw2"][0], 64) + p["dw2"][1])
+        h = jax.nn.relu(conv(h, p["c2"][0]) + p["c2"][1]).mean(axis=(1, 2))
+        return h @ p["out"][0] + p["out"][1]
+x = jnp.asarray(np.random.default_rng(0).standard_normal([a["n"]] + a["shape"]), jnp.float32)
 out = {"nt_version": nt.__version__, "jax_version": jax.__version__}
 for name in ("JACOBIAN_CONTRACTION", "NTK_VECTOR_PRODUCTS", "STRUCTURED_DERIVATIVES"):
-    if a["n"] > 128 and name != "STRUCTURED_DERIVATIVES":
+    if a["n"] > 128 and a["arch"] == "fcn" and name != "STRUCTURED_DERIVATIVES":
         continue
     fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0,
                                      implementation=getattr(nt.NtkImplementation, name)))
@@ -239,9 +299,10 @@ print(json.dumps(out))
 
 
 def _nt_row(row: str) -> dict:
-    """Neural-tangents' implementations on the same fcn, in the interpreter --nt_python."""
-    _, shape, n = ROWS[row]
-    args = json.dumps({"depth": 5, "width": 1024, "d": shape[0], "n": n,
+    """Neural-tangents' implementations on the same architecture (the fcn in ``stax``, the
+    Keras-layer rows as plain JAX functions), in the interpreter --nt_python."""
+    arch, shape, n = ROWS[row]
+    args = json.dumps({"arch": arch, "depth": 5, "width": 1024, "shape": list(shape), "n": n,
                        "repeats": FLAGS.repeats})
     out = subprocess.run([FLAGS.nt_python, "-c", NT_SCRIPT, args], capture_output=True, text=True)
     for line in out.stdout.splitlines()[::-1]:
@@ -263,7 +324,7 @@ def main(argv):
     for row in FLAGS.rows:
         if row in ROWS:
             results.append(_row(row))
-            if FLAGS.nt_python and ROWS[row][0] == "fcn":
+            if FLAGS.nt_python and ROWS[row][0] != "cnn":
                 results[-1]["nt"] = _nt_row(row)
         elif row == "blocks10k":
             results.append(_blocks_row())
@@ -276,6 +337,7 @@ def main(argv):
     table = [r for r in results if "train_ms" in r]
     if table:
         _print_table(table)
+        _print_coverage(table)
     _print_nt(results)
     _print_scale_rows(results)
 
@@ -297,11 +359,19 @@ def _print_table(results):
               f"{'' if jac is None else 'x'} | {rss} | {_fmt(r.get('max_rel_diff'), '.1e')} |")
 
 
+def _print_coverage(results):
+    for r in results:
+        if r.get("exact_jacobian_layers"):
+            print(f"{r['row']}: layers on the exact Jacobian inside 'auto': "
+                  f"{', '.join(r['exact_jacobian_layers'])}")
+
+
 def _print_nt(results):
     rows = [r for r in results if "nt" in r]
     if not rows:
         return
-    print("\nneural-tangents (same net, jit, float32, n x n trace kernel) in the same run:\n")
+    print("\nneural-tangents (same architecture, jit, float32, n x n trace kernel) in the same "
+          "run:\n")
     print("| row | NT implementation | NT ms | kerntk auto ms | kerntk / NT |")
     print("|---|---|---|---|---|")
     for r in rows:
