@@ -71,7 +71,9 @@ positions (1 for a Dense layer on 2-D input). Costs are for ``outputs="trace"``;
 mirrored): the memory of every method then depends on ``block_size`` instead of ``n``, at the
 price of ``ceil(n / block_size)`` passes per tile row. Tiles need independent examples. Before
 anything is allocated, the peak memory is estimated from the shapes and the tiles are chosen to
-fit (or the request refused with the estimate): :mod:`kerntk.ntk.memory`.
+fit (or the request refused with the estimate): :mod:`kerntk.ntk.memory`. Inside a
+``tf.distribute`` strategy's scope the tiles are shared out among the workers and their devices
+and the kernel gathered on every worker (:mod:`kerntk.ntk.distribute`).
 
 Inside a compiled training step
 -------------------------------
@@ -85,6 +87,7 @@ remain (``CriticalLRMonitor`` measures the batch NTK of every step this way);
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Optional, Union
 
@@ -93,6 +96,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerntk._backend import require_tensorflow
+from kerntk.ntk import distribute
 from kerntk.ntk.forward import (batch_mixing_layers, check_inputs, check_outputs, count_outputs,
                                 resolve_dtype)
 # The in-step API lived here first; kept importable from kerntk.ntk.empirical.
@@ -227,7 +231,8 @@ def _xla_friendly(model) -> bool:
 
 def _tiled(model, x, method, outputs, dt, training, bs, jit_compile, verbose):
     """``(K, f(x))``: the kernel tile by tile, and the outputs from the diagonal tiles; a Keras
-    ``Progbar`` over the tiles when ``verbose``."""
+    ``Progbar`` over the tiles when ``verbose``. Under a ``tf.distribute`` strategy the tiles are
+    shared out among the workers and their devices (:mod:`kerntk.ntk.distribute`)."""
     jit = jit_compile
     if jit is None:
         jit = method in ("structured", "auto") and _xla_friendly(model)
@@ -235,37 +240,47 @@ def _tiled(model, x, method, outputs, dt, training, bs, jit_compile, verbose):
     reps = 1
     if outputs == "full":
         reps = count_outputs(model, x)
-    K = np.empty((n * reps, n * reps), dtype=np.float64)
     starts = list(range(0, n, bs))
-    outs = []
+    # Tile j: (row block a, column block b >= a), in the order rows then columns.
+    tiles = [(a, b) for a in range(len(starts)) for b in range(a, len(starts))]
+    dist = distribute.current()
+    # Every worker computes the first tile: it tells whether the model couples the examples.
+    mine = [j for j in range(len(tiles)) if dist is None or j == 0 or dist.mine(j)]
+    K = np.zeros((n * reps, n * reps), dtype=np.float64)
+    f = None
     x = tf.constant(x, dtype=dt)
-    check = method != "batched"
-    bar = keras.utils.Progbar(len(starts) * (len(starts) + 1) // 2, unit_name="tile") \
-        if verbose else None
-    done = 0
-    for a, s in enumerate(starts):
-        xs = x[s:s + bs]
-        rs = slice(s * reps, min(s + bs, n) * reps)
-        blk, out, probe = cached_kernel_fn(model, method, outputs, dt, training, False, jit)(xs)
-        out = out.numpy()
-        if check and a == 0 and bool(mixes_batch(out[:probe.shape[0]], probe, dt)):
-            raise _BatchCoupled()
-        outs.append(out)
-        K[rs, rs] = blk.numpy()
-        done += 1
-        if bar is not None:
-            bar.update(done)
-        for t in starts[a + 1:]:
-            rt = slice(t * reps, min(t + bs, n) * reps)
-            blk, _, _ = cached_kernel_fn(model, method, outputs, dt, training, True, jit)(
-                xs, x[t:t + bs])
-            blk = blk.numpy()
+    bar = keras.utils.Progbar(len(mine), unit_name="tile") if verbose else None
+    for done, j in enumerate(mine, 1):
+        a, b = tiles[j]
+        sa, sb = starts[a], starts[b]
+        rs = slice(sa * reps, min(sa + bs, n) * reps)
+        rt = slice(sb * reps, min(sb + bs, n) * reps)
+        with contextlib.nullcontext() if dist is None else dist.device(j):
+            if a == b:
+                blk, out, probe = cached_kernel_fn(model, method, outputs, dt, training, False,
+                                                   jit)(x[sa:sa + bs])
+            else:
+                blk, _, _ = cached_kernel_fn(model, method, outputs, dt, training, True, jit)(
+                    x[sa:sa + bs], x[sb:sb + bs])
+        blk = blk.numpy()
+        if a == b:
+            out = out.numpy()
+            if j == 0 and method != "batched" and bool(
+                    mixes_batch(out[:probe.shape[0]], probe, dt)):
+                raise _BatchCoupled()
+            if f is None:
+                f = np.zeros((n, out.shape[1]), np.float64)
+            if dist is None or dist.mine(j):
+                f[sa:sa + bs] = out
+                K[rs, rs] = blk
+        else:
             K[rs, rt] = blk
             K[rt, rs] = blk.T
-            done += 1
-            if bar is not None:
-                bar.update(done)
+        if bar is not None:
+            bar.update(done)
+    if dist is not None:
+        K, f = dist.all_sum([K, f])
     # Exactly symmetric (the diagonal tiles are only symmetric up to round-off).
     K += K.T
     K *= 0.5
-    return K, np.concatenate(outs).astype(np.float64)
+    return K, f

@@ -14,11 +14,13 @@ formed:
 training step (forward + backward) plus one forward JVP, ``O(n F_fwd)`` with ``F_fwd`` the FLOPs
 of a forward pass per example; memory ``O(P + activations)``, the activations of only
 ``block_size`` examples when it is given. Products are exact for any model, batch-coupled
-ones included (without ``block_size``).
+ones included (without ``block_size``). Inside a ``tf.distribute`` strategy's scope the chunks
+are shared out among the workers (:mod:`kerntk.ntk.distribute`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Union
 
 import keras
@@ -27,7 +29,7 @@ import scipy.sparse.linalg as spla
 import tensorflow as tf
 
 from kerntk._backend import require_tensorflow
-from kerntk.ntk import cache
+from kerntk.ntk import cache, distribute
 from kerntk.ntk.memory import plan_operator
 from kerntk.ntk.forward import (batch_mixing_layers, check_inputs, check_outputs, compute_dtype,
                                 count_outputs, forward, read_values, resolve_dtype)
@@ -120,14 +122,31 @@ def ntk_operator(model: keras.Model, x, outputs: Union[str, int] = "trace", *,
     chunks = [(s, min(s + bs, n)) for s in range(0, n, bs)]
     vjp, jvp = _cached(model, "vjp", dt, training), _cached(model, "jvp", dt, training)
 
+    dist = distribute.current()
+    mine = [j for j in range(len(chunks)) if dist is None or dist.mine(j)]
+
     def product(V: np.ndarray) -> np.ndarray:
-        """``J (J^T V)`` as an ``(n, c)`` array, for a cotangent ``V`` of shape ``(n, c)``."""
+        """``J (J^T V)`` as an ``(n, c)`` array, for a cotangent ``V`` of shape ``(n, c)``;
+        under a strategy each worker takes its chunks and the parts are summed across
+        workers."""
         V = tf.constant(V, dtype=dt)
         u = None
-        for s, e in chunks:
-            part = vjp(xt[s:e], V[s:e])
+        for j in mine:
+            s, e = chunks[j]
+            with contextlib.nullcontext() if dist is None else dist.device(j):
+                part = vjp(xt[s:e], V[s:e])
             u = part if u is None else [a + b for a, b in zip(u, part)]
-        return np.concatenate([jvp(xt[s:e], u).numpy() for s, e in chunks]).astype(np.float64)
+        if dist is not None:
+            zeros = [np.zeros(v.shape, dt) for v in model.trainable_variables]
+            u = [tf.constant(p) for p in
+                 dist.all_sum([zeros[i] if u is None else u[i].numpy()
+                               for i in range(len(zeros))])]
+        out = np.zeros((n, c), np.float64)
+        for j in mine:
+            s, e = chunks[j]
+            with contextlib.nullcontext() if dist is None else dist.device(j):
+                out[s:e] = jvp(xt[s:e], u).numpy()
+        return out if dist is None else dist.all_sum([out])[0]
 
     def one_output(v: np.ndarray, k: int) -> np.ndarray:
         V = np.zeros((n, c))
