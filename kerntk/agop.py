@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple, Optional, Union
 
 import numpy as np
 
-from kerntk import _checks as checks
+from kerntk import _validation as checks
 from kerntk._backend import require_tensorflow
 
 __all__ = ["AGOPFactor", "agop", "egop", "alignment", "alignment_fn"]

@@ -33,7 +33,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 import scipy.sparse.linalg as spla
 
-from kerntk import _checks as checks
+from kerntk import _validation as checks
 from kerntk._backend import require_tensorflow
 from kerntk._blas import single_threaded
 

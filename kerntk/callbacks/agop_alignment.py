@@ -9,7 +9,7 @@ import numpy as np
 
 from kerntk import agop as agop_lib
 from kerntk._blas import single_threaded
-from kerntk._checks import is_integer
+from kerntk._validation import is_integer
 from kerntk.callbacks._summary import summary_log
 from kerntk.callbacks.base import MeasuringCallback, check_probe, full_precision
 

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional
 import keras
 import numpy as np
 
-from kerntk import _checks as checks
+from kerntk import _validation as checks
 from kerntk._backend import require_tensorflow
 from kerntk._blas import single_threaded
 from kerntk.ntk.forward import compute_dtype, resolve_dtype

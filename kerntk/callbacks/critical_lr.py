@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from kerntk import ntk, spectral
 from kerntk._backend import require_tensorflow
-from kerntk._checks import is_integer, is_real
+from kerntk._validation import is_integer, is_real
 from kerntk.callbacks._summary import summary_log
 from kerntk.callbacks.base import check_probe
 from kerntk.callbacks.train_step_hook import TrainStepHook

@@ -7,7 +7,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from kerntk import ntk, spectral
-from kerntk._checks import is_integer
+from kerntk._validation import is_integer
 from kerntk.callbacks._summary import summary_log
 from kerntk.callbacks.base import MeasuringCallback, check_probe
 from kerntk.ntk.forward import count_outputs

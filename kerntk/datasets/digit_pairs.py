@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from kerntk._checks import is_whole
+from kerntk._validation import is_whole
 
 #: All 100 ordered digit pairs (a, b), as an int array ``(100, 2)`` in row-major order.
 ALL_PAIRS = np.array([(a, b) for a in range(10) for b in range(10)], dtype=np.int64)

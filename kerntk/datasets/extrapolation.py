@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from kerntk._checks import is_real, is_whole
+from kerntk._validation import is_real, is_whole
 
 Interval = Tuple[float, float]
 

@@ -42,7 +42,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from kerntk._checks import is_whole
+from kerntk._validation import is_whole
 
 #: Datasets ``load`` knows, with their image shape (H, W, C), number of classes and value range of
 #: the stored pixels. USPS is the Hastie/Tibshirani/Friedman "zip code" version, stored in [-1, 1].

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from kerntk._checks import is_real, is_whole
+from kerntk._validation import is_real, is_whole
 
 #: Frequencies of paper 000 Fig. 5.
 PAPER_FREQUENCIES = (1, 3, 4, 5, 8, 12)

@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from kerntk._checks import is_real, is_whole
+from kerntk._validation import is_real, is_whole
 
 #: Task names and the smallest input dimension each needs.
 RANK_TASKS = {"rank2": 2, "rank3": 10, "rank4": 4, "fullrank": 1}

@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Union
 import keras
 from keras import ops
 
-from kerntk._checks import is_integer
+from kerntk._validation import is_integer
 from kerntk.layers.ntk_base import NTKLinearBase
 from kerntk.layers.parameterization import check_units
 

@@ -27,7 +27,7 @@ from typing import Optional
 
 import keras
 
-from kerntk._checks import is_integer, is_real
+from kerntk._validation import is_integer, is_real
 
 PARAMETERIZATIONS = ("ntk", "standard")
 

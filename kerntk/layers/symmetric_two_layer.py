@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras import ops
 
 from kerntk._backend import require_tensorflow
-from kerntk._checks import is_integer
+from kerntk._validation import is_integer
 from kerntk.layers.parameterization import check_positive, check_units
 
 EVAL_MODES = ("expected", "sample", "deterministic")

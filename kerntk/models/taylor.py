@@ -40,7 +40,7 @@ import keras
 import tensorflow as tf
 
 from kerntk._backend import require_tensorflow
-from kerntk._checks import is_integer
+from kerntk._validation import is_integer
 
 
 def jvp(fn: Callable, primals: Sequence[tf.Tensor], tangents: Sequence[tf.Tensor]):

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import keras
 
-from kerntk._checks import is_integer
+from kerntk._validation import is_integer
 from kerntk.layers import NTKConv2D, NTKDense, PolyConv2D, PolyDense
 from kerntk.layers.parameterization import check_units
 

@@ -69,7 +69,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from kerntk._checks import is_integer, is_real
+from kerntk._validation import is_integer, is_real
 
 __all__ = ["AnalyticKernels", "fcn_kernels", "pnn_kernels", "model_kernels", "kernel_regression"]
 

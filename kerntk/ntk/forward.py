@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerntk import _checks as checks
+from kerntk import _validation as checks
 from kerntk import _keras_compat as compat
 
 Outputs = Union[str, int]

@@ -34,7 +34,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from kerntk import _checks as checks
+from kerntk import _validation as checks
 
 __all__ = ["NTKMemoryError", "Plan", "memory_limit", "plan_kernel", "plan_operator",
            "set_memory_limit", "using_memory_limit"]

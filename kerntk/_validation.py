@@ -1,4 +1,5 @@
-"""Argument checks shared by kerntk's public API.
+"""Argument validation shared by kerntk's public API: one rule for x, probes, counts and scales,
+one message style.
 
 A count or a scale may be a Python number or a NumPy scalar (``np.int64(4)``, ``np.float32(1.5)``,
 e.g. read from an array or a config); ``bool`` is refused where a number is meant, and so are
