@@ -1,9 +1,9 @@
 """Every reach of kerntk into private Keras API (or Keras objects' internals), in one place.
 
 Keras 3 offers no public way to list a model's nested layers, to run a layer in another compute
-dtype, to ask whether a layer's ``call`` takes ``training``, to replace a bound method on one
-object without Keras' attribute tracking, or to change what a variable reads as inside a running
-``stateless_call``; the engine needs all five. If a Keras release changes
+dtype, to ask whether a layer's ``call`` takes ``training``, to set an attribute (or replace a
+bound method) on one object without Keras' attribute tracking, or to change what a variable reads
+as inside a running ``stateless_call``; the engine needs all five. If a Keras release changes
 one of these, this module is the only one to fix.
 """
 
@@ -115,3 +115,9 @@ def detached(variables) -> Iterator[bool]:
         yield True
     finally:
         mapping.update(saved)
+
+
+def set_untracked(obj, name: str, value) -> None:
+    """``obj.name = value`` without Keras' attribute tracking (the value's variables and layers do
+    not become ``obj``'s)."""
+    object.__setattr__(obj, name, value)

@@ -39,6 +39,7 @@ from typing import Callable, List, Sequence
 import keras
 import tensorflow as tf
 
+from kerntk import _keras_compat as compat
 from kerntk._backend import require_tensorflow
 from kerntk._validation import is_integer
 
@@ -154,9 +155,9 @@ class TaylorModel(keras.Model):
         base_state = list(model.non_trainable_variables)
         # Held outside Keras' tracking: the base is a function; its own variables are never read
         # (every one of them is substituted in `call`) and are not part of this model's weights.
-        object.__setattr__(self, "_base", model)
-        object.__setattr__(self, "_base_trainable", base_trainable)
-        object.__setattr__(self, "_base_state", base_state)
+        compat.set_untracked(self, "_base", model)
+        compat.set_untracked(self, "_base_trainable", base_trainable)
+        compat.set_untracked(self, "_base_state", base_state)
 
         def _copy(i, v, prefix, trainable, zeros=False):
             w = self.add_weight(name=f"{prefix}_{i}_{v.name}", shape=tuple(v.shape), dtype=v.dtype,

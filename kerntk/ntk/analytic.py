@@ -69,6 +69,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from kerntk import _validation as checks
 from kerntk._validation import is_integer, is_real
 
 __all__ = ["AnalyticKernels", "fcn_kernels", "pnn_kernels", "model_kernels", "kernel_regression"]
@@ -170,13 +171,10 @@ def _arccos(sig11, sig22, om, op):
 
 
 def _prepare(x1, x2) -> Tuple[np.ndarray, np.ndarray]:
-    x1 = np.asarray(x1, dtype=np.float64)
-    x2 = x1 if x2 is None else np.asarray(x2, dtype=np.float64)
-    for name, x in (("x1", x1), ("x2", x2)):
-        if x.ndim < 2 or x.shape[0] == 0:
-            raise ValueError(f"`{name}` must have shape (n, ...) with n >= 1; got {x.shape}.")
-        if not np.all(np.isfinite(x)):
-            raise ValueError(f"`{name}` contains NaN or inf.")
+    # The one rule for inputs (kerntk._validation.inputs): one array, batch and feature axes,
+    # at least one example, finite.
+    x1 = checks.inputs("x1", x1, feature_axis=True).astype(np.float64)
+    x2 = x1 if x2 is None else checks.inputs("x2", x2, feature_axis=True).astype(np.float64)
     x1 = x1.reshape(x1.shape[0], -1)
     x2 = x2.reshape(x2.shape[0], -1)
     if x1.shape[1] != x2.shape[1]:
