@@ -107,7 +107,7 @@ def _dense(a: np.ndarray, k: int, which: str) -> EigenResult:
 
 
 def _lanczos(matvec: Callable[[np.ndarray], np.ndarray], n: int, k: int, which: str, tol: float,
-             maxiter: int, v0: Optional[np.ndarray], seed: int) -> EigenResult:
+             maxiter: int, v0: Optional[np.ndarray], seed: int, verbose: int = 0) -> EigenResult:
     """Lanczos with full (twice-applied classical Gram-Schmidt) reorthogonalization.
 
     Keeps ``Q`` (the Krylov basis) and ``W = A Q``, so the Rayleigh-Ritz matrix ``H = Q^T A Q`` and
@@ -125,6 +125,11 @@ def _lanczos(matvec: Callable[[np.ndarray], np.ndarray], n: int, k: int, which: 
         raise ValueError("`v0` must be finite and nonzero.")
     q /= np.linalg.norm(q)
     result = None
+    bar = None
+    if verbose:
+        import keras
+        # Products at most; the run stops earlier once the residuals reach tol.
+        bar = keras.utils.Progbar(m_max, unit_name="product")
     for j in range(m_max):
         Q[:, j] = q
         w = np.asarray(matvec(q), dtype=np.float64).reshape(-1)
@@ -147,6 +152,9 @@ def _lanczos(matvec: Callable[[np.ndarray], np.ndarray], n: int, k: int, which: 
             res = np.linalg.norm(W[:, :m] @ sk - y * lam, axis=0)
             scale = max(np.abs(theta).max(), np.finfo(float).tiny)
             result = (lam, y, res, m)
+            if bar is not None:
+                bar.update(m, values=[("rel_residual", float(res.max() / scale))],
+                           finalize=bool(np.all(res <= tol * scale) or m == m_max))
             if np.all(res <= tol * scale) or m == m_max:
                 break
         r = w - Qj @ h
@@ -173,7 +181,7 @@ def _lanczos(matvec: Callable[[np.ndarray], np.ndarray], n: int, k: int, which: 
 def top_eigenpairs(K_or_operator, k: int = 1, method: str = "auto", *, which: str = "LA",
                    tol: float = 1e-10, maxiter: Optional[int] = None,
                    v0: Optional[np.ndarray] = None, seed: int = 0,
-                   sym_tol: float = 1e-6) -> EigenResult:
+                   sym_tol: float = 1e-6, verbose: int = 0) -> EigenResult:
     """Top-``k`` eigenpairs of a symmetric matrix or linear operator, in float64.
 
     Args:
@@ -191,6 +199,8 @@ def top_eigenpairs(K_or_operator, k: int = 1, method: str = "auto", *, which: st
             ``RuntimeWarning`` is raised when not converged.
         v0: Lanczos start vector (default: standard normal with ``seed``).
         sym_tol: matrices with ``max |A - A^T| > sym_tol max |A|`` are rejected.
+        verbose: ``1`` shows a Keras ``Progbar`` of the Lanczos products (with the largest
+            relative residual); ``0`` (default) is silent.
 
     Returns:
         :class:`EigenResult`.
@@ -229,7 +239,9 @@ def top_eigenpairs(K_or_operator, k: int = 1, method: str = "auto", *, which: st
         maxiter = max(20 * k, 300)
     if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < k:
         raise ValueError(f"`maxiter` must be an integer >= k; got {maxiter!r}.")
-    return _lanczos(matvec, n, k, which, tol, int(maxiter), v0, seed)
+    if verbose not in (0, 1, True, False):
+        raise ValueError(f"`verbose` must be 0 or 1; got {verbose!r}.")
+    return _lanczos(matvec, n, k, which, tol, int(maxiter), v0, seed, int(verbose))
 
 
 # --------------------------------------------------------------------------- model operators

@@ -122,3 +122,15 @@ def test_verbose_shows_a_progress_bar_over_the_tiles(rng, capsys):
     assert capsys.readouterr().out == ""
     with pytest.raises(ValueError, match="verbose"):
         ntk(model, x, verbose=2)
+
+
+def test_lanczos_verbose_shows_a_progress_bar(rng, capsys):
+    from kerntk.spectral import top_eigenpairs
+    A = rng.standard_normal((300, 300))
+    A = A @ A.T
+    quiet = top_eigenpairs(A, 2, method="lanczos")
+    assert capsys.readouterr().out == ""
+    loud = top_eigenpairs(A, 2, method="lanczos", verbose=1)
+    out = capsys.readouterr().out
+    assert "rel_residual" in out and f"{loud.iterations}/300" in out
+    np.testing.assert_allclose(loud.eigenvalues, quiet.eigenvalues)
