@@ -115,6 +115,15 @@ def test_structured_matches_brute_force_float32(name, rng):
     assert rel(ntk(model, x, method="structured", dtype="float32"), trace) < 1e-4
 
 
+def test_jacobian_method_handles_grouped_convolutions(rng):
+    """pfor mis-vectorizes grouped conv filter gradients; the exact fallback must not crash."""
+    keras.config.set_dtype_policy("float64")
+    model, draw, _ = build("grouped_conv2d")
+    x = draw(rng)
+    trace, _ = brute_kernels(brute_jacobian(model, x))
+    assert rel(ntk(model, x, method="jacobian"), trace) < 1e-10
+
+
 @pytest.mark.parametrize("form", ["patch", "grad"])
 def test_embedding_both_forms_match_brute_force(form, rng, monkeypatch):
     """The id-equality (patch) form and the per-example-gradient form over the ids in the batch

@@ -56,7 +56,18 @@ def per_example_jacobian(model, vals, ntvals, x, training, dtype, cols, group):
         per_unit = [tape.gradient(u, sub, unconnected_gradients=_ZERO) for u in units]
         return [tf.stack([g[v] for g in per_unit]) for v in range(len(sub))]
 
+    if _pfor_unsafe(model):
+        # pfor mis-vectorizes the filter gradient of grouped convolutions ("filter_size does
+        # not have enough elements"): one example at a time instead.
+        sig = [tf.TensorSpec((len(cols),) + tuple(vals[i].shape), vals[i].dtype) for i in group]
+        return tf.map_fn(one, x, fn_output_signature=sig)
     return tf.vectorized_map(one, x)
+
+
+def _pfor_unsafe(model) -> bool:
+    from kerntk import _keras_compat as compat
+    return any(getattr(layer, "groups", 1) > 1
+               for layer in compat.flatten_layers(model, include_self=False))
 
 
 def jacobian_blocks(model, vals, ntvals, x, training, dtype, cols, rest, tape, target,
