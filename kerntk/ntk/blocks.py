@@ -193,7 +193,9 @@ def _grouped_gradients(a: tf.Tensor, D: tf.Tensor, fact) -> tf.Tensor:
     """Per-example, per-output kernel gradients ``(n, c, K * Cin * Cout / g)`` of a grouped
     convolution (``g = fact.groups``): input channel group ``q`` (``Cin / g`` contiguous
     channels) feeds only output group ``q`` (``Cout / g`` contiguous channels); depthwise is
-    ``g = Cin``. D: (c, n, S, Cout)."""
+    ``g = Cin``. D: (c, n, *out_spatial, Cout)."""
+    if len(fact.kernel_size) <= 2 and fact.groups == a.shape[-1]:
+        return _depthwise_gradients(a, D, fact)
     g = fact.groups
     cin = a.shape[-1]
     P = extract_patches(a, fact.kernel_size, fact.strides, fact.padding)  # (n, S, K*Cin)
@@ -203,6 +205,36 @@ def _grouped_gradients(a: tf.Tensor, D: tf.Tensor, fact) -> tf.Tensor:
     Dg = tf.reshape(D, (c, -1, S, g, C // g))
     G = tf.einsum("nskqi,cnsqo->ncqkio", P, Dg)
     return tf.reshape(G, (-1, c, g * K * (cin // g) * (C // g)))
+
+
+def _depthwise_gradients(a: tf.Tensor, D: tf.Tensor, fact) -> tf.Tensor:
+    """:func:`_grouped_gradients` of a 1-D/2-D depthwise convolution from TensorFlow's
+    depthwise filter-gradient op on each example (``tf.map_fn``; ~15x faster than contracting
+    patches). The ``c`` outputs ride along in the depth multiplier: output channel
+    ``cin (c M) + k M + j``. (TensorFlow's ``Conv2DBackpropFilter`` refuses grouped filters on
+    CPU, so other groupings contract patches.)"""
+    cin = a.shape[-1]
+    c, C = D.shape[0], D.shape[-1]
+    M = C // cin
+    sizes, strides = list(fact.kernel_size), list(fact.strides)
+    if len(sizes) == 1:
+        # A height-1 image and window: the row stride is free, and the op wants equal strides.
+        a, D, sizes, strides = a[:, None], D[:, :, None], [1] + sizes, strides * 2
+    H, W = D.shape[2], D.shape[3]
+    Dt = tf.reshape(tf.transpose(tf.reshape(D, (c, -1, H, W, cin, M)), (1, 2, 3, 4, 0, 5)),
+                    (-1, H, W, c * C))
+
+    def one(args):
+        ai, di = args
+        return tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+            input=ai[None], filter_sizes=sizes + [cin, c * M], out_backprop=di[None],
+            strides=[1] + strides + [1], padding=fact.padding.upper())
+
+    G = tf.map_fn(one, (a, Dt), fn_output_signature=a.dtype,
+                  parallel_iterations=min(D.shape[1] or 64, 64))
+    K = int(np.prod(sizes))
+    G = tf.reshape(G, (-1, K, cin, c, M))
+    return tf.reshape(tf.transpose(G, (0, 3, 1, 2, 4)), (-1, c, K * cin * M))
 
 
 def linear_block(fact, a: tf.Tensor, D: tf.Tensor, n1: Optional[int], cross: bool, full: bool,
