@@ -359,8 +359,12 @@ def _print_table(results):
                          ("rss_base_gb", "rss_train_gb", "rss_auto_gb", "rss_jacobian_gb"))
         print(f"| {r['row']} | {r['n']} | {r['train_ms']:.1f} | {r['auto_ms']:.1f} | "
               f"{r['auto_ms'] / r['train_ms']:.2f}x | {_fmt(jac)} | "
-              f"{_fmt(None if jac is None else jac / r['auto_ms'], '.0f')}"
+              f"{_fmt(None if jac is None else jac / r['auto_ms'], _ratio_spec(jac, r))}"
               f"{'' if jac is None else 'x'} | {rss} | {_fmt(r.get('max_rel_diff'), '.1e')} |")
+
+
+def _ratio_spec(jac, r) -> str:
+    return ".2f" if jac is not None and jac / r["auto_ms"] < 10 else ".0f"
 
 
 def _print_coverage(results):
