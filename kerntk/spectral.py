@@ -323,6 +323,7 @@ def hessian_operator(model, loss, x, y) -> spla.LinearOperator:
     Cost per product: about two forward-backward passes. Float32 models give float32 accuracy.
     """
     require_tensorflow("kerntk.spectral.hessian_operator")
+    from kerntk.ntk.forward import stateless_call
     tf, tv, ntv, xt, yt, dtype = _prepare_model(model, x, y)
     loss_fn = _get_loss(loss)
     P, unflatten, flatten = _flat_tools(tf, tv)
@@ -334,7 +335,7 @@ def hessian_operator(model, loss, x, y) -> spla.LinearOperator:
             outer.watch(tv)
             with tf.GradientTape() as inner:
                 inner.watch(tv)
-                out, _ = model.stateless_call(tv, ntv, xt, training=False)
+                out, _ = stateless_call(model, tv, ntv, xt, False)
                 L = loss_fn(yt, out)
             g = inner.gradient(L, tv, unconnected_gradients="zero")
             gv = tf.add_n([tf.reduce_sum(gi * vi) for gi, vi in zip(g, vs)])
@@ -352,6 +353,7 @@ def gauss_newton_operator(model, loss, x, y) -> spla.LinearOperator:
     output-space HVP, ``J^T`` by one VJP. Cost per product: about three backward passes.
     """
     require_tensorflow("kerntk.spectral.gauss_newton_operator")
+    from kerntk.ntk.forward import stateless_call
     tf, tv, ntv, xt, yt, dtype = _prepare_model(model, x, y)
     loss_fn = _get_loss(loss)
     P, unflatten, flatten = _flat_tools(tf, tv)
@@ -361,7 +363,7 @@ def gauss_newton_operator(model, loss, x, y) -> spla.LinearOperator:
         vs = unflatten(vec)
         with tf.GradientTape(persistent=True) as t_w:
             t_w.watch(tv)
-            out, _ = model.stateless_call(tv, ntv, xt, training=False)
+            out, _ = stateless_call(model, tv, ntv, xt, False)
         u = tf.zeros_like(out)
         with tf.GradientTape() as t_u:
             t_u.watch(u)
@@ -486,8 +488,9 @@ def critical_lr(model=None, x=None, y=None, *, loss="mse", method: str = "ntk",
             require_tensorflow("kerntk.spectral.critical_lr of a model (not of a `kernel`)")
             from kerntk import ntk as _ntk
 
+            from kerntk.ntk.forward import count_outputs
             _prepare_model(model, x)
-            c = int(np.prod(model.output_shape[1:])) if model.output_shape[1:] else 1
+            c = count_outputs(model, np.asarray(x))  # all outputs; subclassed models too
             outputs = "full" if c > 1 else "trace"
             if matrix_free:
                 op = _ntk.ntk_operator(model, x, outputs=outputs)

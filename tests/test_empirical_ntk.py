@@ -14,7 +14,7 @@ from keras import ops
 
 import kerntk
 from kerntk.layers import NTKConv1D, NTKConv2D, NTKDense
-from kerntk.ntk import empirical_ntk
+from kerntk.ntk import empirical_ntk, ntk_operator
 
 # Most tests skip XLA compilation (seconds per model) to stay fast; test_xla_default covers the
 # default jit_compile=None path.
@@ -358,3 +358,39 @@ def test_shareable_forward_refuses_what_it_cannot_share(rng):
     assert not share(dropout, x, "float32")                       # training-dependent layer
     assert not share(mixed_multi_output(), x, "float32")          # PReLU weights
     assert not share(kerntk.models.fcn(2, 4, input_shape=(5,)), x, "float64")  # other dtype
+
+
+class NoTrainingArg(keras.Model):
+    """A subclassed model whose ``call`` takes no ``training`` (issue 11: every engine entry
+    point raised TypeError, since ``stateless_call`` passes it through unfiltered)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="tanh")
+        self.head = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.head(self.hidden(x))
+
+
+def test_subclassed_model_without_training_argument(rng):
+    keras.config.set_dtype_policy("float64")
+    model = NoTrainingArg()
+    x = rng.standard_normal((5, 3))
+    model(x)
+    rows = []
+    for i in range(5):
+        with tf.GradientTape(persistent=True) as tape:
+            out = tf.reshape(model(x[i:i + 1]), [-1])
+            units = [out[k] for k in range(2)]
+        rows.append([np.concatenate([np.ravel(g) for g in
+                                     tape.gradient(u, model.trainable_variables)])
+                     for u in units])
+    trace, full = brute_kernels(np.array(rows))
+    assert rel(ntk(model, x, outputs="full"), full) < 1e-10
+    assert rel(ntk(model, x, method="jacobian"), trace) < 1e-10
+    v = rng.standard_normal(5)
+    assert rel(ntk_operator(model, x) @ v, trace @ v) < 1e-10
+    # critical_lr's NTK estimate: n c / lambda_max(K_full) for Keras MSE.
+    expected = 5 * 2 / np.linalg.eigvalsh(full)[-1]
+    assert abs(kerntk.spectral.critical_lr(model, x) / expected - 1) < 1e-8

@@ -28,7 +28,8 @@ from kerntk import _keras_compat as compat
 
 Outputs = Union[str, int]
 __all__ = ["FLOATS", "batch_mixing_layers", "check_inputs", "check_outputs", "compute_dtype",
-           "count_outputs", "flatten_outputs", "forward", "read_values", "resolve_dtype"]
+           "count_outputs", "flatten_outputs", "forward", "read_values", "resolve_dtype",
+           "stateless_call"]
 
 # Floating compute dtypes (the layers whose compute dtype :func:`compute_dtype` changes).
 FLOATS = ("float16", "bfloat16", "float32", "float64")
@@ -101,8 +102,17 @@ def forward(model: keras.Model, trainable_values: List[tf.Tensor],
             dtype: str) -> tf.Tensor:
     """``f(w; x)`` through ``model.stateless_call`` (no state update), every output flattened and
     concatenated to ``(n, c)`` in ``dtype`` (output ``k`` is column ``k``)."""
-    out, _ = model.stateless_call(trainable_values, non_trainable_values, x, training=training)
+    out, _ = stateless_call(model, trainable_values, non_trainable_values, x, training)
     return flatten_outputs(out, dtype)
+
+
+def stateless_call(model: keras.Model, trainable_values, non_trainable_values, x,
+                   training: bool):
+    """``model.stateless_call`` passing ``training`` only to a model whose ``call`` takes it (a
+    subclassed model's ``call(self, x)`` would get it as an unexpected keyword: Keras'
+    ``stateless_call`` does not filter it as ``__call__`` does)."""
+    kwargs = {"training": training} if compat.call_has_training_arg(model) else {}
+    return model.stateless_call(trainable_values, non_trainable_values, x, **kwargs)
 
 
 def flatten_outputs(out, dtype=None) -> tf.Tensor:
