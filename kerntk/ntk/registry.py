@@ -418,8 +418,10 @@ def _add_bias(layer, z):
 
 
 def _keras_dense(layer) -> Factorization:
-    return Factorization("dense", layer.kernel, lambda a: _add_bias(layer, ops.matmul(a, layer.kernel)),
-                         bias=layer.bias, postactivation=_activation(layer))
+    def pre(a):
+        return _add_bias(layer, ops.matmul(a, layer.kernel))
+    return Factorization("dense", layer.kernel, pre, bias=layer.bias,
+                         postactivation=_activation(layer))
 
 
 def _conv_geometry_reason(layer) -> str:
