@@ -385,6 +385,20 @@ def test_a_fit_interrupted_by_another_callback_leaves_no_double_hook():
     assert "train_step" not in model.__dict__
 
 
+def test_two_monitors_in_one_fit_are_refused_and_leave_the_model_plain():
+    # Issue 11: the second monitor removed the first's hook as if stale; the first recorded
+    # nothing. Two in-step callbacks of one fit are now an error, and the model keeps its step.
+    x, y, make = _replay_setting(1)
+    model = make()
+    with pytest.raises(ValueError, match="CriticalLRMonitor and CriticalLRMonitor"):
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[CriticalLRMonitor(), CriticalLRMonitor()])
+    assert "train_step" not in model.__dict__
+    monitor = CriticalLRMonitor()
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[monitor])
+    assert len(monitor.history["step"]) == 3
+
+
 class _TwoPassModel(keras.Sequential):
     """A custom train step that calls the model twice (the loss of the mean of two passes)."""
 

@@ -405,11 +405,11 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         # measured one.
         self._snapshots: List[dict] = [self._snapshot(None, False)] if self.guard else []
         self._start_weights, self._start_step = None, None
-        self._hook = TrainStepHook()
+        self._hook = TrainStepHook(owner=self)
         # estimate="ntk" records only scalars: a device-side buffer keeps jit_compile working.
         fields = (None if self.estimate != "ntk" else
                   ("step", "lr", "lambda_max", "rows", "loss_before", "loss_after", "coupled"))
-        self._hook.install(self.model, self._graph_step, fields)
+        self._hook.install(self.model, self._graph_step, fields, fit=self.params)
 
     def on_train_end(self, logs=None):
         if self._hook is not None:

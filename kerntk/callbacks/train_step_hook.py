@@ -31,10 +31,12 @@ class TrainStepHook:
     """Installs ``body`` as the model's train step; :meth:`pop` returns the records pushed since
     the last call, in the order the steps ran."""
 
-    def __init__(self):
+    def __init__(self, owner: Optional[object] = None):
         self._lock = threading.Lock()
         self._records: List[Dict[str, np.ndarray]] = []
         self._model = None
+        self._fit = None
+        self._owner = owner  # the callback, for messages
         self.keras_default_step = False
 
     @staticmethod
@@ -45,18 +47,29 @@ class TrainStepHook:
         return tf.cast(replica, tf.int32)
 
     def install(self, model: keras.Model, body: Callable,
-                fields: Optional[Sequence[str]] = None) -> None:
+                fields: Optional[Sequence[str]] = None, fit: Optional[object] = None) -> None:
         """Installs ``body`` as the train step. With ``fields`` (names of scalar record entries,
         ``"step"`` among them) records go through a device-side buffer that the host reads
         after each execution: no host callback in the step, so XLA ``jit_compile`` keeps
         working. Without, records of any shape go through ``tf.numpy_function`` and
-        ``jit_compile`` is off while installed."""
+        ``jit_compile`` is off while installed.
+
+        ``fit`` identifies the running ``fit`` (the callback's ``params`` dict, which Keras
+        shares among the callbacks of one fit): a hook installed by another callback of the same
+        fit is an error (one hooked callback per fit), while one left by an interrupted fit is
+        replaced."""
         if self._model is not None:
             raise RuntimeError("TrainStepHook is already installed.")
-        self._model = model
         # A wrapper left by a fit that was interrupted (Keras skips on_train_end then) is
         # replaced, not wrapped again: one hooked callback per model.
         stale = getattr(compat.instance_override(model, "train_step"), "_kerntk_hook", None)
+        if stale is not None and fit is not None and stale._fit is fit:
+            stale.uninstall()  # the fit stops here: leave the model's own step in place
+            raise ValueError(
+                f"Two kerntk callbacks that measure inside the training step are attached to "
+                f"the same fit ({type(stale._owner).__name__} and {type(self._owner).__name__}"
+                f"); attach one (it already logs everything they would measure).")
+        self._model, self._fit = model, fit
         if stale is not None:
             stale.uninstall()
         self._instance_step = compat.instance_override(model, "train_step")  # a user's own
