@@ -121,3 +121,10 @@ def set_untracked(obj, name: str, value) -> None:
     """``obj.name = value`` without Keras' attribute tracking (the value's variables and layers do
     not become ``obj``'s)."""
     object.__setattr__(obj, name, value)
+
+
+def clear_untracked(obj, name: str) -> None:
+    """Remove an instance attribute set by :func:`set_untracked` (no-op if absent), uncovering
+    the class's own."""
+    if name in obj.__dict__:
+        object.__delattr__(obj, name)

@@ -372,16 +372,30 @@ class _RaiseAtStep(keras.callbacks.Callback):
 
 
 def test_a_fit_interrupted_by_another_callback_leaves_no_double_hook():
-    # Keras skips on_train_end when fit raises; the next monitored fit replaces the stale wrapper.
+    # Keras skips on_train_end when fit raises: the next fit, plain or monitored, removes the
+    # stale wrapper (issue 11: a plain fit kept running the measurement).
     x, y, make = _replay_setting(1)
     model = make()
     with pytest.raises(_Interrupt):
         model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
                   callbacks=[CriticalLRMonitor(), _RaiseAtStep()])
     assert "train_step" in model.__dict__  # the stale wrapper
+    plain = make()
+    plain.set_weights(model.get_weights())
+    hist = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)  # no callback
+    ref = plain.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert "train_step" not in model.__dict__  # the plain fit removed the stale hook...
+    np.testing.assert_allclose(hist.history["loss"], ref.history["loss"], rtol=1e-6)
+    for a, b in zip(model.get_weights(), plain.get_weights()):  # ...and trained as plain Keras
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(_Interrupt):
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[CriticalLRMonitor(), _RaiseAtStep()])
     monitor = CriticalLRMonitor()
+    start = int(model.optimizer.iterations)
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[monitor])
-    assert monitor.history["step"] == [2, 3, 4]  # one record per step: not wrapped twice
+    # One record per step: not wrapped twice.
+    assert monitor.history["step"] == [start, start + 1, start + 2]
     assert "train_step" not in model.__dict__
 
 

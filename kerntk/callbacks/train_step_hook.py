@@ -92,7 +92,18 @@ class TrainStepHook:
 
         train_step._kerntk_hook = self
         model.train_step = train_step
-        model.make_train_function(force=True)
+        build = model.make_train_function
+
+        def make_train_function(force=False):
+            # Keras calls this at the start of every fit (and train_on_batch), never again
+            # within one: a call while the hook is installed means the fit that installed it
+            # ended in an error (Keras skips on_train_end then). Remove the stale hook so that
+            # this fit trains with the model's own step.
+            self.uninstall()
+            return model.make_train_function(force=True)
+
+        compat.set_untracked(model, "make_train_function", make_train_function)
+        build(force=True)
 
     def _host_push(self, record: Dict[str, tf.Tensor]) -> None:
         keys = sorted(record)
@@ -142,6 +153,7 @@ class TrainStepHook:
             del model.train_step
         else:
             model.train_step = self._instance_step
+        compat.clear_untracked(model, "make_train_function")
         model.jit_compile = self._jit
         model.train_function = None  # the next fit builds a plain one
         self._records, self._buffer = [], None
