@@ -176,10 +176,14 @@ def _conv_gradients(a: tf.Tensor, D: tf.Tensor, fact) -> tf.Tensor:
     return tf.reshape(tf.transpose(G, (0, 2, 1, 3)), (-1, c, F * C))
 
 
-def _split(D: tf.Tensor, n1: Optional[int], cross: bool):
-    """``(D1, D2)``: the first ``n1`` examples and the rest (axis 1) for a cross block, else the
-    same tensor twice."""
-    return (D[:, :n1], D[:, n1:]) if cross else (D, D)
+def _split(t: tf.Tensor, n1: Optional[int], cross: bool, axis: int = 1):
+    """``(t1, t2)``: the first ``n1`` examples and the rest (examples on ``axis``: 1 for
+    cotangents D, 0 for per-example tensors) for a cross block, else the same tensor twice."""
+    if not cross:
+        return t, t
+    if axis == 0:
+        return t[:n1], t[n1:]
+    return t[:, :n1], t[:, n1:]
 
 
 def _bias_block(fact, D: tf.Tensor, n1, cross: bool, full: bool) -> tf.Tensor:
@@ -245,11 +249,9 @@ def linear_block(fact, a: tf.Tensor, D: tf.Tensor, n1: Optional[int], cross: boo
     examples with the rest."""
     c, n, C = D.shape[0], D.shape[1], D.shape[-1]
     S = int(np.prod(D.shape[2:-1]))
-    blocks = []
+    K = tf.constant(0.0, tf.float64)
     if kernel and fact.kind == "conv" and fact.groups > 1:
-        G = _grouped_gradients(a, D, fact)
-        G1, G2 = (G[:n1], G[n1:]) if cross else (G, G)
-        blocks.append(gradient_gram(G1, G2, full))
+        K = gradient_gram(*_split(_grouped_gradients(a, D, fact), n1, cross, axis=0), full)
     elif kernel:
         conv_grad = False
         if fact.kind == "conv" and len(fact.kernel_size) <= 2:
@@ -258,15 +260,12 @@ def linear_block(fact, a: tf.Tensor, D: tf.Tensor, n1: Optional[int], cross: boo
             conv_grad = choose_form(n1, n2, S, F, C, c, full) == "grad"
         if conv_grad:
             # Per-example gradients straight from the conv backprop op: no patches in memory.
-            G = _conv_gradients(a, D, fact)
-            G1, G2 = (G[:n1], G[n1:]) if cross else (G, G)
-            blocks.append(gradient_gram(G1, G2, full))
+            K = gradient_gram(*_split(_conv_gradients(a, D, fact), n1, cross, axis=0), full)
         else:
-            A = _patches(a, fact)
-            A1, A2 = (A[:n1], A[n1:]) if cross else (A, A)
+            A1, A2 = _split(_patches(a, fact), n1, cross, axis=0)
             D1, D2 = _split(tf.reshape(D, (c, -1, S, C)), n1, cross)
-            blocks.append(weight_block(A1, A2, D1, D2, full))
-    K = sum(tf.cast(b, tf.float64) for b in blocks) * fact.kernel_multiplier ** 2
+            K = weight_block(A1, A2, D1, D2, full)
+    K = tf.cast(K, tf.float64) * fact.kernel_multiplier ** 2
     if bias:
         K = K + _bias_block(fact, tf.reshape(D, (c, -1, S, C)), n1, cross, full)
     return K
@@ -289,7 +288,7 @@ def conv_transpose_block(fact, a: tf.Tensor, D: tf.Tensor, n1: Optional[int], cr
         if A.shape[1] != Dp.shape[2]:
             raise ValueError(f"conv_transpose factorization: the input has {A.shape[1]} "
                              f"positions but the window over the output gives {Dp.shape[2]}.")
-        A1, A2 = (A[:n1], A[n1:]) if cross else (A, A)
+        A1, A2 = _split(A, n1, cross, axis=0)
         D1, D2 = _split(Dp, n1, cross)
         K = tf.cast(weight_block(A1, A2, D1, D2, full), tf.float64) * fact.kernel_multiplier ** 2
     if bias:
@@ -324,7 +323,7 @@ def diagonal_block(fact, a: tf.Tensor, D: tf.Tensor, n1: Optional[int], cross: b
     if kernel:
         Am = _move_axes_last(tf.cast(a, D.dtype), axes, lead=0)   # (n, S, P)
         G = tf.einsum("nsp,cnsp->ncp", Am, Dm)
-        G1, G2 = (G[:n1], G[n1:]) if cross else (G, G)
+        G1, G2 = _split(G, n1, cross, axis=0)
         K = tf.cast(gradient_gram(G1, G2, full), tf.float64) * fact.kernel_multiplier ** 2
     if bias:
         K = K + _bias_block(fact, Dm, n1, cross, full)
@@ -361,7 +360,7 @@ def gather_block(fact, a: tf.Tensor, D: tf.Tensor, n1: Optional[int], cross: boo
     n2 = n - n1 if (cross and n is not None) else n1
     D1, D2 = _split(D, n1, cross)
     if choose_gather_form(n1, n2, S, int(fact.kernel.shape[0]), C, c, full) == "patch":
-        i1, i2 = (ids[:n1], ids[n1:]) if cross else (ids, ids)
+        i1, i2 = _split(ids, n1, cross, axis=0)
         GA = tf.cast(tf.equal(i1[:, :, None, None], i2[None, None]), D.dtype)
         K = patch_block(GA, D1, D2, full)
     else:
@@ -374,7 +373,7 @@ def gather_block(fact, a: tf.Tensor, D: tf.Tensor, n1: Optional[int], cross: boo
         G = tf.math.unsorted_segment_sum(Dt, seg, n_dyn * U)          # (n U, c C)
         G = tf.transpose(tf.reshape(G, tf.stack([n_dyn, U, c, C])), (0, 2, 1, 3))
         G = tf.reshape(G, tf.stack([n_dyn, c, U * C]))
-        G1, G2 = (G[:n1], G[n1:]) if cross else (G, G)
+        G1, G2 = _split(G, n1, cross, axis=0)
         K = gradient_gram(G1, G2, full)
     return tf.cast(K, tf.float64) * fact.kernel_multiplier ** 2
 

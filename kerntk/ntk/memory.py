@@ -125,14 +125,14 @@ class _Shapes:
     activations: int          # sum of every layer's output size
     params: int               # trainable parameters
     uncovered: int            # trainable parameters no factorization covers
-    sites: tuple              # (kind, S, F, C, extra) per factorized step
+    sites: tuple              # (kind, F, C) per factorized step with a kernel
 
 
 def _shapes(model, x_shape) -> _Shapes:
     import keras
 
     from kerntk import _keras_compat as compat
-    from kerntk.ntk.registry import factorization_of
+    from kerntk.ntk.registry import find_sites
     layers = compat.flatten_layers(model, include_self=False)
     activations = 0
     for layer in layers:
@@ -145,21 +145,12 @@ def _shapes(model, x_shape) -> _Shapes:
     if activations == 0:  # subclassed models: no symbolic outputs; count the input instead
         activations = int(np.prod(x_shape[1:])) * max(len(layers), 1)
     tvars = model.trainable_variables
-    covered, sites = set(), []
-    for layer in layers:
-        steps, _ = factorization_of(layer)
-        for f in steps:
-            for v in (f.kernel, f.bias):
-                if v is not None:
-                    covered.add(id(v))
-            if f.kernel is None:
-                continue
-            shape = tuple(f.kernel.shape)
-            C = int(shape[-1])
-            F = int(np.prod(shape[:-1]))
-            sites.append((f.kind, F, C, f))
+    steps = find_sites(model, {id(v): i for i, v in enumerate(tvars)})
+    covered = {i for s in steps for i in s.indices}
+    sites = [(s.fact.kind, int(np.prod(s.fact.kernel.shape[:-1])), int(s.fact.kernel.shape[-1]))
+             for s in steps if s.kernel_index is not None]
     params = sum(int(np.prod(v.shape)) for v in tvars)
-    uncovered = sum(int(np.prod(v.shape)) for v in tvars if id(v) not in covered)
+    uncovered = sum(int(np.prod(v.shape)) for i, v in enumerate(tvars) if i not in covered)
     return _Shapes(activations, params, uncovered, tuple(sites))
 
 
@@ -172,7 +163,7 @@ def _tile_elements(sh: _Shapes, m: int, c: int, structured: bool) -> float:
         # for large layers) or a patch Gram (m^2 positions^2), bounded by the larger of both
         # estimates that the blocks module caps at MAX_PATCH_GRAM elements.
         from kerntk.ntk.blocks import MAX_PATCH_GRAM
-        for kind, F, C, _ in sh.sites:
+        for kind, F, C in sh.sites:
             if kind in ("dense", "diagonal"):
                 total += m * c * C + m * m
             elif kind == "gather":

@@ -313,7 +313,8 @@ def capture(sites: List[Site], tape: Optional[tf.GradientTape] = None) -> Iterat
                 h = inputs
                 for s in _steps:
                     a = s.fact.features(h)
-                    with compat.detached([s.fact.kernel, s.fact.bias] if tape else []):
+                    detach = [s.fact.kernel, s.fact.bias] if tape is not None else []
+                    with compat.detached(detach):
                         z = s.fact.preactivation(a)
                     if tape is not None:
                         tape.watch(z)
