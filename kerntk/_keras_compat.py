@@ -128,3 +128,20 @@ def clear_untracked(obj, name: str) -> None:
     the class's own."""
     if name in obj.__dict__:
         object.__delattr__(obj, name)
+
+
+def loss_tracker(model):
+    """The ``Mean`` metric in which Keras' own ``train_step`` accumulates the batch losses of an
+    epoch (``total``: sum of loss x batch size, ``count``: examples), or ``None``."""
+    tracker = getattr(model, "_loss_tracker", None)
+    if tracker is None or not all(hasattr(tracker, a) for a in ("total", "count")):
+        return None
+    return tracker
+
+
+def assignable_learning_rate(optimizer) -> bool:
+    """Whether ``optimizer``'s learning rate is a variable (a float at compile time), which can
+    be set; not a ``LearningRateSchedule`` or a callable. A ``LossScaleOptimizer`` answers for
+    its inner optimizer."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return isinstance(getattr(inner, "_learning_rate", None), keras.Variable)
