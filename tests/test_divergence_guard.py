@@ -252,8 +252,17 @@ def test_a_run_never_ends_with_non_finite_weights():
 
 
 def test_the_guard_composes_with_an_in_step_monitor():
-    # Both hooks wrap the step of one fit: each records every step.
+    # Both hooks wrap the step of one fit. The guard is transparent (it calls no forward
+    # pass), so the monitor outside it still shares Keras' forward pass: same numbers.
     x, y = _data(24)
+    alone, outside = CriticalLRMonitor(guard=False), CriticalLRMonitor(guard=False)
+    _net(keras.optimizers.SGD(0.05)).fit(x, y, batch_size=8, epochs=2, shuffle=False,
+                                         verbose=0, callbacks=[alone])
+    _net(keras.optimizers.SGD(0.05)).fit(x, y, batch_size=8, epochs=2, shuffle=False,
+                                         verbose=0, callbacks=[outside, DivergenceGuard()])
+    for key in ("eta_crit", "loss_after"):
+        np.testing.assert_array_equal(outside.history[key], alone.history[key])
+    # With a bad batch each records every step, and the guard skips it.
     model = _net(keras.optimizers.SGD(0.05))
     guard, monitor = DivergenceGuard(), CriticalLRMonitor(guard=False)
     y = y.copy()
