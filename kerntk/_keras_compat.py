@@ -136,14 +136,16 @@ def optimizer_slot(optimizer, slots: str, variable):
     return getattr(optimizer, slots)[optimizer._get_variable_index(variable)]
 
 
-def compiled_loss_terms(model):
+def compiled_loss_terms(model, y_true=None, y_pred=None):
     """``[(path, loss, weight)]``: the compiled loss of each output (``path`` indexes the
     outputs' nest, ``loss`` a ``keras.losses.Loss``, ``weight`` a float or None), or ``None``
     when the model was compiled without a loss. Keras keeps them in ``CompileLoss._flat_losses``
-    (built at the first training step)."""
+    (built at the first training step, or here from ``y_true`` and ``y_pred`` if given)."""
     compiled = getattr(model, "_compile_loss", None)
     if compiled is None:
         return None
+    if not compiled.built and y_true is not None:
+        compiled.build(y_true, y_pred)
     terms = getattr(compiled, "_flat_losses", None)
     if not terms:
         return None

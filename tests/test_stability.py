@@ -231,6 +231,10 @@ def test_adam_rule_predicts_divergence_of_frozen_preconditioner_dynamics():
 
     def final_distance(eta, steps=3000):
         w, m, b1 = np.ones(5), np.zeros(5), opt.beta_1
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _iterate(w, m, b1, eta, steps)
+
+    def _iterate(w, m, b1, eta, steps):
         for _ in range(steps):
             m = b1 * m + (1 - b1) * (H @ w)  # gradient of the quadratic about its minimum
             w = w - eta * inv_p * m

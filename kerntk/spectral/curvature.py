@@ -259,29 +259,28 @@ def output_loss(model, loss=None, shapes=None):
     from kerntk._keras_compat import compiled_loss_terms
 
     if loss is None:
-        terms = compiled_loss_terms(model)
-        if terms is None:
-            if getattr(model, "loss", None) is None:
-                raise ValueError("The model was compiled without a loss; pass `loss=`.")
-            user = model.loss
-            flat = user if isinstance(user, (list, tuple)) else [user]
-            if len(flat) != 1:
-                raise ValueError("The model's losses are not built yet (they are at its first "
-                                 "training step); pass `loss=` or train one step first.")
-            terms = [((), flat[0], None)]
-        terms = [(path, _mean_loss(fn), weight) for path, fn, weight in terms]
+        if getattr(model, "loss", None) is None:
+            raise ValueError("The model was compiled without a loss; pass `loss=`.")
+        terms = None  # Keras builds its per-output losses at the first step: look them up late
     else:
         terms = [((), _mean_loss(loss), None)]
     names = list(getattr(model, "output_names", None) or [])
 
+    def compiled_terms(y, preds):
+        found = compiled_loss_terms(model, y, preds if len(preds) > 1 else preds[0])
+        if found is None:
+            raise ValueError("The model was compiled without a loss; pass `loss=`.")
+        return [(path, _mean_loss(fn), weight) for path, fn, weight in found]
+
     def loss_of(y, f):
         out_shapes = shapes or [(int(f.shape[1]),)]
-        if len(out_shapes) != len(terms):
-            raise ValueError(f"The model has {len(out_shapes)} outputs but {len(terms)} "
-                             f"losses.")
         sizes = [int(np.prod(s)) for s in out_shapes]
         preds = [tf.reshape(p, (-1,) + tuple(s))
                  for p, s in zip(tf.split(f, sizes, axis=1), out_shapes)]
+        used = terms if terms is not None else compiled_terms(y, preds)
+        if len(out_shapes) != len(used):
+            raise ValueError(f"The model has {len(out_shapes)} outputs but {len(used)} "
+                             f"losses.")
         if isinstance(y, dict):
             ys = [y[name] for name in names]
         elif isinstance(y, (list, tuple)):
@@ -291,7 +290,7 @@ def output_loss(model, loss=None, shapes=None):
         if len(ys) != len(preds):
             raise ValueError(f"{len(ys)} targets for {len(preds)} outputs.")
         total = 0.0
-        for (_, fn, weight), yt, p in zip(terms, ys, preds):
+        for (_, fn, weight), yt, p in zip(used, ys, preds):
             value = fn(yt, p)
             total += value if weight is None else float(weight) * value
         return total
