@@ -388,8 +388,9 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             raise ValueError("estimate='ntk' holds for Keras MSE (mean reduction) only; use "
                              "estimate='gauss_newton' (the same number for MSE) or 'hessian'.")
         self._rule = spectral.stability_rule(self.model.optimizer)
-        if self._rule.preconditioned and not self.model.optimizer.built:
-            # Its state is read in the step: create it now (Keras would at the first update).
+        if not self.model.optimizer.built:
+            # Its slots are read in the step and belong in the guard's snapshot: create them
+            # now (Keras would at the first update, after this hook).
             self.model.optimizer.build(self.model.trainable_variables)
         self._dtype = resolve_dtype(self.model, None)
         self._training = spectral.critical._resolve_training(self.model, None)
