@@ -145,3 +145,37 @@ def assignable_learning_rate(optimizer) -> bool:
     its inner optimizer."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     return isinstance(getattr(inner, "_learning_rate", None), keras.Variable)
+
+
+def optimizer_slot(optimizer, slots: str, variable):
+    """The optimizer's state variable of ``variable`` in its slot list ``slots`` (e.g. Adam's
+    ``"_velocities"``): Keras keeps slots in private lists indexed by the variable."""
+    return getattr(optimizer, slots)[optimizer._get_variable_index(variable)]
+
+
+def compiled_loss_terms(model, y_true=None, y_pred=None):
+    """``[(path, loss, weight)]``: the compiled loss of each output (``path`` indexes the
+    outputs' nest, ``loss`` a ``keras.losses.Loss``, ``weight`` a float or None), or ``None``
+    when the model was compiled without a loss. Keras keeps them in ``CompileLoss._flat_losses``
+    (built at the first training step, or here from ``y_true`` and ``y_pred`` if given)."""
+    compiled = getattr(model, "_compile_loss", None)
+    if compiled is None:
+        return None
+    if not compiled.built and y_true is not None:
+        compiled.build(y_true, y_pred)
+    terms = getattr(compiled, "_flat_losses", None)
+    if not terms:
+        return None
+    return [(path, fn, weight) for path, fn, weight, *_ in terms]
+
+
+def loss_function(loss):
+    """``(fn, kwargs)``: the plain function a ``keras.losses.LossFunctionWrapper`` applies (e.g.
+    ``keras.losses.sparse_categorical_crossentropy`` with ``from_logits``), so that it runs in
+    float64 (the wrapper casts to float32); ``(loss, {})`` for other callables."""
+    fn = getattr(loss, "fn", None)
+    from keras.src.losses.losses import LossFunctionWrapper
+
+    if callable(fn) and isinstance(loss, LossFunctionWrapper):
+        return fn, dict(getattr(loss, "_fn_kwargs", {}) or {})
+    return loss, {}

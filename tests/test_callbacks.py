@@ -347,14 +347,13 @@ def test_monitor_on_a_fixed_probe_matches_the_replay():
 @pytest.mark.parametrize("spe", [1, 2])
 def test_gauss_newton_estimate_equals_the_ntk_one_for_mse(spe):
     # For Keras MSE the Gauss-Newton matrix is (2 / (n c)) J^T J: 2 / lambda_max(GN) is
-    # n c / lambda_max(K). Lanczos runs on the host at the weights of a block's first step.
+    # n c / lambda_max(K). Both are measured inside the step, so every step of a
+    # steps_per_execution block is measured.
     x, y, model = _replay_setting(spe)
     monitor = CriticalLRMonitor(estimate="gauss_newton")
     model().fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
     reference = _replay(model(), x, y, 8, 0.3, 6)
-    # Blocks of spe steps restart at each epoch (3 batches per epoch): with spe=2 they start at
-    # steps 0, 2 | 3, 5.
-    steps = [0, 1, 2, 3, 4, 5] if spe == 1 else [0, 2, 3, 5]
+    steps = [0, 1, 2, 3, 4, 5]
     assert monitor.history["step"] == steps
     for key in reference:
         np.testing.assert_allclose(monitor.history[key], [reference[key][t] for t in steps],

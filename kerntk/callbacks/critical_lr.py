@@ -14,15 +14,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerntk import ntk, spectral
+from kerntk import spectral
 from kerntk._backend import require_tensorflow
 from kerntk._validation import is_integer, is_real
 from kerntk.callbacks._summary import summary_log
 from kerntk.callbacks.base import check_probe
 from kerntk.callbacks.train_step_hook import TrainStepHook
-from kerntk.ntk.forward import compute_dtype, forward, read_values, resolve_dtype
+from kerntk.ntk import empirical as ntk_empirical
+from kerntk.ntk.forward import (batch_mixing_layers, compute_dtype, forward, output_shapes,
+                                read_values, resolve_dtype)
+from kerntk.ntk.jacobian import preconditioned_kernel
+from kerntk.ntk.traced import kernel_graph
 
-ESTIMATES = ("ntk", "hessian", "gauss_newton")
+ESTIMATES = ("auto", "ntk", "gauss_newton", "hessian")
 
 
 class CatapultRaise:
@@ -66,13 +70,6 @@ class CatapultRaise:
 def _copy(variables) -> list:
     """Tensor copies of the variables' current values (they survive later in-place updates)."""
     return [tf.identity(v.value) for v in variables]
-
-
-def _loss_fn(loss):
-    fn = keras.losses.get(loss) if isinstance(loss, str) else loss
-    if not callable(fn):
-        raise ValueError(f"Cannot use {loss!r} as a loss; pass `loss=` to CriticalLRMonitor.")
-    return fn
 
 
 class CriticalLRMonitor(keras.callbacks.Callback):
@@ -154,7 +151,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             ``None`` writes nothing.
     """
 
-    def __init__(self, estimate: str = "ntk", probe=None, every_n_steps: int = 1,
+    def __init__(self, estimate: str = "auto", probe=None, every_n_steps: int = 1,
                  raise_policy: Optional[CatapultRaise] = None, guard: bool = True,
                  guard_factor: float = 1e3, patience: int = 10, backoff: float = 0.5,
                  margin: float = 1.2, spike_rtol: float = 1e-6, loss=None, method: str = "auto",
@@ -209,17 +206,6 @@ class CriticalLRMonitor(keras.callbacks.Callback):
     def _set_lr(self, value: float) -> None:
         self._optimizer.learning_rate = value
 
-    def _momentum_factor(self) -> float:
-        opt = self._optimizer
-        if isinstance(opt, keras.optimizers.LossScaleOptimizer):  # mixed precision
-            opt = opt.inner_optimizer
-        if isinstance(opt, keras.optimizers.SGD):
-            beta = float(opt.momentum or 0.0)
-            return (1 + beta) / (1 + 2 * beta) if opt.nesterov else 1 + beta
-        warnings.warn(f"CriticalLRMonitor: {type(opt).__name__} is not plain/momentum SGD; "
-                      "eta_crit is reported with its plain-GD meaning.", stacklevel=3)
-        return 1.0
-
     def _weights(self):
         return self.model.weights
 
@@ -247,9 +233,9 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             return tf.cast(forward(self.model, vals, ntvals, x, False, self._dtype), tf.float64)
 
     def _mean_loss(self, y, f) -> tf.Tensor:
-        """The monitored loss of outputs ``f`` (float64, traced)."""
-        y = tf.reshape(tf.cast(y, tf.float64), tf.shape(f))
-        return tf.reduce_mean(tf.cast(self._loss(y, f), tf.float64))
+        """The monitored loss of outputs ``f`` (float64, traced): the model's compiled loss
+        (or ``loss=``) as Keras' step computes it, without regularization terms."""
+        return tf.cast(self._loss_of(y, tf.cast(f, tf.float64)), tf.float64)
 
     @staticmethod
     def _when(condition: tf.Tensor, fn) -> None:
@@ -283,31 +269,37 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         else:
             if y is None:
                 raise ValueError("CriticalLRMonitor needs targets y to monitor the loss.")
-            if isinstance(x, (list, tuple, dict)) or isinstance(y, (list, tuple, dict)):
-                raise ValueError("CriticalLRMonitor supports models with one input array and "
-                                 "one target array.")
+            if isinstance(x, (list, tuple, dict)):
+                raise ValueError("CriticalLRMonitor supports models with one input array (the "
+                                 "targets may be several, one per output).")
             xm, ym = x, y
             if self._replicas > 1:  # eta_crit of the global batch: gather the shards
                 context = tf.distribute.get_replica_context()
                 xm, ym = (tf.ensure_shape(context.all_gather(t, axis=0), [None] + t.shape[1:])
                           for t in (x, y))
         due = tf.equal(iteration % self.every_n_steps, 0) & tf.equal(TrainStepHook.replica(), 0)
+        if self._loss_of is None:
+            self._loss_of = spectral.output_loss(model, self.loss, output_shapes(model, xm))
 
         def after():
             """Record of ``w_{t+1}``: the loss of the same batch after the update."""
             push(dict(step=iteration, loss_after=self._mean_loss(ym, self._outputs(xm))))
 
         def before(K, f):
-            """Record of ``w_t``: ``lambda_max`` of the NTK ``K``, the loss of the outputs ``f``."""
-            push(dict(step=iteration, lr=lr, lambda_max=tf.linalg.eigvalsh(K)[-1],
-                      rows=tf.shape(K)[0], loss_before=self._mean_loss(ym, f)))
+            """Record of ``w_t``: the sharpness from the kernel ``K`` (``J J^T``, or ``J P^-1
+            J^T`` for adaptive optimizers) and the loss Hessian at the outputs ``f``, and the
+            loss of ``f``."""
+            f64 = tf.cast(f, tf.float64)
+            H = spectral.loss_hessian_blocks(self._loss_of, ym, f64)
+            push(dict(step=iteration, lr=lr, sharpness=spectral.gauss_newton_sharpness(K, H),
+                      loss_before=self._mean_loss(ym, f64)))
 
         def coupling(f, f2):
             """Record of the batch-coupling check: ``f(x)[:2]`` vs ``f(x[:2])``."""
-            push(dict(step=iteration, coupled=ntk.empirical.mixes_batch(
+            push(dict(step=iteration, coupled=ntk_empirical.mixes_batch(
                 f[:tf.shape(f2)[0]], f2, self._dtype)))
 
-        if self.estimate != "ntk":
+        if self.estimate == "hessian":
             # The Hessian spectrum needs Lanczos on the host, at w_t (on_train_batch_begin).
             self._when_due(due, lambda: push(dict(step=iteration, lr=lr, x=xm, y=ym,
                                                   loss_before=self._mean_loss(
@@ -316,12 +308,13 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             self._when_due(due, after)
             return logs
         shared = (self.probe is None and self._replicas == 1 and self.method != "jacobian"
-                  and self._hook.keras_default_step)
+                  and self._hook.keras_default_step and not self._rule.preconditioned
+                  and not self._training)
         if shared:
-            shared = ntk.empirical.shareable_forward(model, xm[:2], self._dtype)
+            shared = ntk_empirical.shareable_forward(model, xm[:2], self._dtype)
         if shared:
             # The NTK shares the forward pass of Keras' own step (no NTK forward of its own).
-            recorder = ntk.empirical.ForwardNTK(model, outputs="full")
+            recorder = ntk_empirical.ForwardNTK(model, outputs="full")
             # Batch coupling is a property of the model: checked on the first measured step
             # only (its 2-row forward pass reads every weight: ~10% of a step of the fcn).
             self._when(due & (iteration < self._first_step + self.every_n_steps),
@@ -336,14 +329,20 @@ class CriticalLRMonitor(keras.callbacks.Callback):
 
             self._when_due(due, measure)
             return logs
-        kernel = ntk.empirical.kernel_fn(model, method=self.method, outputs="full",
-                                         dtype=self._dtype)
-
         def measure_before():
-            K, f, f2 = kernel(xm)
-            f = tf.cast(f, tf.float64)
+            with compute_dtype(model, self._dtype):
+                if self._rule.preconditioned:
+                    # P of the optimizer's latest update (the state before this step's).
+                    inv_p = spectral.inverse_preconditioner(opt, model.trainable_variables)
+                    K, f = preconditioned_kernel(
+                        model, xm, inv_p, self._training, self._dtype, self._coupled)
+                    f2 = f[:2] if self._coupled else self._outputs(xm[:2])
+                else:
+                    K, f, f2 = kernel_graph(
+                        model, xm, None, "batched" if self._coupled else self.method, "full",
+                        self._dtype, self._training)
             before(K, f)
-            coupling(f, tf.cast(f2, tf.float64))
+            coupling(tf.cast(f, tf.float64), tf.cast(f2, tf.float64))
 
         self._when_due(due, measure_before)
         logs = train_step(data)
@@ -358,23 +357,24 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             merged.setdefault(int(record["step"]), {}).update(record)
         return [merged[k] for k in sorted(merged)]
 
-    def _eta_crit(self, record: dict) -> float:
-        if self.estimate == "ntk":
-            if record.get("coupled", 0) == 1:
-                raise ValueError("CriticalLRMonitor(estimate='ntk') needs independent examples, "
-                                 "but the model's output for an example depends on the rest "
-                                 "of the batch (f(x[:2]) != f(x)[:2]); use "
-                                 "estimate='gauss_newton'.")
-            return self._beta_factor * spectral.ntk_critical_lr(float(record["lambda_max"]),
-                                                                int(record["rows"]))
+    def _sharpness(self, record: dict) -> float:
+        if self._rule.preconditioned and int(record["step"]) == 0:
+            return math.nan  # no preconditioner before the optimizer's first update
+        if self.estimate != "hessian":
+            if record.get("coupled", 0) == 1 and not self._coupled:
+                raise ValueError("CriticalLRMonitor needs independent examples, but the "
+                                 "model's output for an example depends on the rest of the "
+                                 "batch (f(x[:2]) != f(x)[:2]) through layers kerntk does not "
+                                 "know; use estimate='hessian'.")
+            return float(record["sharpness"])
         end_weights = _copy(self._weights())
         self._assign(self._weights(), self._start_weights)  # Lanczos at w_t
         try:
-            eta = spectral.critical_lr(self.model, record["x"], record["y"], loss=self._loss,
-                                       method=self.estimate)
+            return spectral.sharpness(self.model, record["x"], record["y"], loss=self.loss,
+                                      optimizer=self._optimizer, estimate="hessian",
+                                      training=False)
         finally:
             self._assign(self._weights(), end_weights)
-        return self._beta_factor * eta
 
     # ------------------------------------------------------------------ Keras hooks
     def on_train_begin(self, logs=None):
@@ -383,12 +383,19 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         if self.raise_policy is not None and self._lr_is_schedule():
             raise ValueError("CatapultRaise must set the learning rate, which is a "
                              "LearningRateSchedule here; compile with a float learning rate.")
-        self._loss = _loss_fn(self.loss if self.loss is not None else self.model.loss)
-        if self.estimate == "ntk" and not spectral.is_mse(self._loss):
+        if self.estimate == "ntk" and not spectral.is_mse(
+                self.loss if self.loss is not None else self.model.loss):
             raise ValueError("estimate='ntk' holds for Keras MSE (mean reduction) only; use "
-                             "estimate='gauss_newton' or 'hessian' for other losses.")
-        self._beta_factor = self._momentum_factor()
+                             "estimate='gauss_newton' (the same number for MSE) or 'hessian'.")
+        self._rule = spectral.stability_rule(self.model.optimizer)
+        if not self.model.optimizer.built:
+            # Its slots are read in the step and belong in the guard's snapshot: create them
+            # now (Keras would at the first update, after this hook).
+            self.model.optimizer.build(self.model.trainable_variables)
         self._dtype = resolve_dtype(self.model, None)
+        self._training = spectral.critical._resolve_training(self.model, None)
+        self._coupled = bool(batch_mixing_layers(self.model, self._training))
+        self._loss_of = None  # built at the first trace (the outputs' shapes need a batch)
         self._replicas = self.model.distribute_strategy.num_replicas_in_sync
         self._first_step = self._step()
         self.history, self.raises, self.restores = {}, [], []
@@ -407,8 +414,8 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         self._start_weights, self._start_step = None, None
         self._hook = TrainStepHook(owner=self)
         # estimate="ntk" records only scalars: a device-side buffer keeps jit_compile working.
-        fields = (None if self.estimate != "ntk" else
-                  ("step", "lr", "lambda_max", "rows", "loss_before", "loss_after", "coupled"))
+        fields = (None if self.estimate == "hessian" else
+                  ("step", "lr", "sharpness", "loss_before", "loss_after", "coupled"))
         self._hook.install(self.model, self._graph_step, fields, fit=self.params)
 
     def on_train_end(self, logs=None):
@@ -425,7 +432,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             self._summary.flush()
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.estimate == "ntk":
+        if self.estimate != "hessian":
             return
         # Lanczos runs on the host and needs the weights the step starts from: only the first
         # step of a steps_per_execution block has them.
@@ -446,13 +453,15 @@ class CriticalLRMonitor(keras.callbacks.Callback):
     def _process(self, records: List[dict], logs) -> None:
         for record in records:
             step = int(record["step"])
-            if self.estimate != "ntk" and (self._start_weights is None
+            if self.estimate == "hessian" and (self._start_weights is None
                                            or step != self._start_step):
                 continue
             loss_before, loss_after = float(record["loss_before"]), float(record["loss_after"])
-            eta_crit = self._eta_crit(record) if math.isfinite(loss_before) else math.nan
+            sharp = self._sharpness(record) if math.isfinite(loss_before) else math.nan
+            eta_crit = self._rule.critical_lr(sharp) if math.isfinite(sharp) else math.nan
             restores = len(self.restores)
-            self._update(step, float(record["lr"]), eta_crit, loss_before, loss_after, logs)
+            self._update(step, float(record["lr"]), eta_crit, loss_before, loss_after, logs,
+                         sharp)
             if len(self.restores) > restores or self.model.stop_training:
                 break  # later records of this block are from the abandoned trajectory
 
@@ -461,7 +470,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             logs.update(self._latest)
 
     # ------------------------------------------------------------------ bookkeeping
-    def _update(self, step, eta, eta_crit, loss_before, loss_after, logs):
+    def _update(self, step, eta, eta_crit, loss_before, loss_after, logs, sharp=math.nan):
         self._measurements += 1
         c = self.counts
         event = math.isfinite(eta_crit) and eta - eta_crit > 1e-8
@@ -479,7 +488,8 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         elif self._in_catapult and eta_crit > eta:  # the kernel has flattened: catapult over
             self._in_catapult, self._raise_settled = False, bool(self.raises)
         values = dict(eta=eta, eta_crit=eta_crit, eta_over_crit=eta / eta_crit if eta_crit else
-                      math.inf, monitor_loss=loss_before,
+                      math.inf, monitor_loss=loss_before, sharpness=sharp,
+                      sharpness_threshold=self._rule.threshold(eta),
                       catapult_events=c["catapult_events"], catapults=c["catapults"],
                       catapults_margin=c["catapults_margin"], loss_spikes=c["loss_spikes"],
                       spike_event_match_rate=c["matched"] / c["loss_spikes"]

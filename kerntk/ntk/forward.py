@@ -139,23 +139,29 @@ def check_outputs(outputs: Outputs, n_outputs: int) -> Outputs:
     return k % n_outputs
 
 
-def count_outputs(model: keras.Model, x: np.ndarray) -> int:
-    """Number of output units ``c`` (all outputs flattened per example), cached per input shape
-    on the model (symbolic tracing costs ~1 ms, and callbacks ask every step)."""
-    cache = compat.model_store(model, "_kerntk_output_counts")
+def count_outputs(model: keras.Model, x) -> int:
+    """Number of output units ``c`` (all outputs flattened per example)."""
+    return int(sum(np.prod(s, dtype=np.int64) for s in output_shapes(model, x)))
+
+
+def output_shapes(model: keras.Model, x) -> List[tuple]:
+    """Per-example shapes of the model's outputs in ``tf.nest`` order, cached per input shape
+    on the model (symbolic tracing costs ~1 ms, and callbacks ask every step). ``x`` is an
+    array or tensor of inputs (only its shape is used unless symbolic tracing fails)."""
+    cache = compat.model_store(model, "_kerntk_output_shapes")
     shape = tuple(x.shape[1:])
     if shape not in cache:
-        cache[shape] = _count_outputs(model, x)
+        cache[shape] = _output_shapes(model, x)
     return cache[shape]
 
 
-def _count_outputs(model: keras.Model, x: np.ndarray) -> int:
+def _output_shapes(model: keras.Model, x) -> List[tuple]:
     try:
         out = model.compute_output_spec(
             keras.KerasTensor((1,) + tuple(x.shape[1:]), dtype="float32"))
     except Exception:  # some subclassed models cannot be traced symbolically
         out = model(x[:1])
-    return int(sum(np.prod(o.shape[1:], dtype=np.int64) for o in tf.nest.flatten(out)))
+    return [tuple(int(d) for d in o.shape[1:]) for o in tf.nest.flatten(out)]
 
 
 def batch_mixing_layers(model: keras.Model, training: bool) -> List[str]:

@@ -20,7 +20,8 @@ import tensorflow as tf
 
 from kerntk.ntk.forward import forward
 
-__all__ = ["MAX_JACOBIAN", "jacobian_blocks", "per_example_jacobian", "variable_groups"]
+__all__ = ["MAX_JACOBIAN", "jacobian_blocks", "per_example_jacobian", "preconditioned_kernel",
+           "variable_groups"]
 
 # Largest Jacobian (in elements) of one group of variables.
 MAX_JACOBIAN = 2 ** 28
@@ -95,3 +96,37 @@ def jacobian_blocks(model, vals, ntvals, x, training, dtype, cols, rest, tape, t
             J1, J2 = (J[:n1], J[n1:]) if cross else (J, J)
             blocks.append(tf.cast(tf.matmul(rows(J1), rows(J2), transpose_b=True), tf.float64))
     return blocks[len(after):]
+
+
+def preconditioned_kernel(model, x: tf.Tensor, inverse_preconditioner: List[tf.Tensor],
+                          training: bool, dtype: str, batched: bool):
+    """``(J P^{-1} J^T, f(x))``: the ``(n c) x (n c)`` kernel of the outputs' Jacobian ``J`` with
+    a diagonal metric ``P^{-1}`` on the weights (one tensor per trainable variable; an adaptive
+    optimizer's preconditioner), float64, and the outputs ``(n, c)``. Traceable. The per-layer
+    factorization does not carry a per-weight metric, so this is the exact Jacobian route
+    (per-example, or of the batched function when ``batched``)."""
+    from kerntk.ntk.forward import compute_dtype, read_values
+
+    with compute_dtype(model, dtype):
+        vals, ntvals = read_values(model)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(vals)
+            out = forward(model, vals, ntvals, x, training, dtype)
+        c = int(out.shape[1])
+        n = x.shape[0] or 128
+        blocks = []
+        for group in variable_groups(list(range(len(vals))), vals, n * c):
+            with tf.control_dependencies(blocks[-1:]):
+                if batched:
+                    jacs = tape.jacobian(out, [vals[i] for i in group],
+                                         unconnected_gradients=_ZERO, experimental_use_pfor=True)
+                else:
+                    jacs = per_example_jacobian(model, vals, ntvals, x, training, dtype,
+                                                list(range(c)), group)
+            for i, j in zip(group, jacs):
+                scale = tf.sqrt(tf.cast(inverse_preconditioner[i], tf.float64))
+                J = tf.cast(j, tf.float64) * scale
+                J = tf.reshape(J, (-1, int(np.prod(vals[i].shape))))
+                blocks.append(tf.matmul(J, J, transpose_b=True))
+    del tape
+    return tf.add_n(blocks), out

@@ -1,0 +1,113 @@
+"""CriticalLRMonitor on the setups Keras users train (issue 11): any loss through the
+Gauss-Newton matrix, adaptive optimizers with their own stability rule, BatchNorm in training
+mode, several outputs; each logged value against the brute-force computation of
+tests/test_stability.py at the weights the measured step started from."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kerntk.callbacks import CriticalLRMonitor
+from tests.test_stability import _gn_top, float64  # noqa: F401  (fixture)
+
+
+def _twin(build, optimizer):
+    """Two identically initialized compiled models."""
+    models = []
+    for _ in range(2):
+        keras.utils.set_random_seed(0)
+        model, loss = build()
+        model.compile(optimizer(), loss=loss)
+        models.append(model)
+    return models
+
+
+def _mlp(c, final=None, bn=False):
+    layers = [keras.Input((5,)), keras.layers.Dense(16)]
+    if bn:
+        layers.append(keras.layers.BatchNormalization())
+    layers += [keras.layers.Activation("tanh"), keras.layers.Dense(c, activation=final)]
+    return keras.Sequential(layers)
+
+
+CASES = {
+    "sparse_ce_logits_sgd": (
+        lambda: (_mlp(4), keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+        lambda: keras.optimizers.SGD(0.05, momentum=0.9),
+        lambda rng: rng.integers(0, 4, 16),
+        lambda yt, f: tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+            yt, f, from_logits=True)), 2 * 1.9, None),
+    "softmax_ce_adam": (
+        lambda: (_mlp(3, "softmax"), "categorical_crossentropy"),
+        lambda: keras.optimizers.Adam(1e-3),
+        lambda rng: np.eye(3)[rng.integers(0, 3, 16)],
+        lambda yt, f: tf.reduce_mean(keras.losses.categorical_crossentropy(yt, f)),
+        (2 + 1.8) / 0.1, None),
+    "batchnorm_mse_sgd": (
+        lambda: (_mlp(1, bn=True), "mse"),
+        lambda: keras.optimizers.SGD(0.01),
+        lambda rng: rng.standard_normal((16, 1)),
+        lambda yt, f: tf.reduce_mean((f - yt) ** 2), 2.0, True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_monitor_matches_brute_force(case):
+    build, optimizer, targets, plain, coefficient, training = CASES[case]
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((16, 5)), targets(rng)
+    monitored, reference = _twin(build, optimizer)
+    monitor = CriticalLRMonitor()
+    monitored.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0, callbacks=[monitor])
+    reference.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)  # now at w_1
+    inv_p = None
+    if isinstance(reference.optimizer, keras.optimizers.Adam):
+        opt = reference.optimizer
+        t = int(opt.iterations.numpy())
+        inv_p = np.concatenate([
+            (np.sqrt(1 - opt.beta_2 ** t) / (np.sqrt(
+                [s for s in opt.variables if s.name == f"{v.path.replace('/', '_')}_velocity"
+                 ][0].numpy()) + opt.epsilon)).ravel() for v in reference.trainable_variables])
+        assert np.isnan(monitor.history["eta_crit"][0])  # no preconditioner before step 1
+    expected = _gn_top(reference, x, y, plain, training=training, inv_p=inv_p)
+    assert monitor.history["step"][:3] == [0, 1, 2]
+    np.testing.assert_allclose(monitor.history["sharpness"][1], expected, rtol=1e-7)
+    np.testing.assert_allclose(monitor.history["eta_crit"][1], coefficient / expected, rtol=1e-7)
+    eta = float(monitored.optimizer.learning_rate.numpy())
+    np.testing.assert_allclose(monitor.history["sharpness_threshold"][1], coefficient / eta)
+    # Training is the same with the monitor attached (float64 round-off).
+    plain_model = _twin(build, optimizer)[0]
+    plain_model.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
+    for a, b in zip(monitored.weights, plain_model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_monitor_on_a_multi_output_model():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((16, 5))
+    ya, yb = rng.standard_normal((16, 2)), rng.integers(0, 3, 16)
+
+    def build():
+        inp = keras.Input((5,))
+        h = keras.layers.Dense(16, activation="tanh")(inp)
+        return keras.Model(inp, [keras.layers.Dense(2)(h), keras.layers.Dense(3)(h)])
+
+    models = []
+    for _ in range(2):
+        keras.utils.set_random_seed(0)
+        m = build()
+        m.compile(keras.optimizers.SGD(0.01), loss=[
+            "mse", keras.losses.SparseCategoricalCrossentropy(from_logits=True)],
+            loss_weights=[1.0, 0.3])
+        models.append(m)
+    monitor = CriticalLRMonitor()
+    models[0].fit(x, [ya, yb], batch_size=16, epochs=2, shuffle=False, verbose=0,
+                  callbacks=[monitor])
+
+    def plain(_, f):
+        return (tf.reduce_mean((f[:, :2] - ya) ** 2) + 0.3 * tf.reduce_mean(
+            keras.losses.sparse_categorical_crossentropy(yb, f[:, 2:], from_logits=True)))
+
+    expected = _gn_top(models[1], x, None, plain)  # w_0
+    np.testing.assert_allclose(monitor.history["sharpness"][0], expected, rtol=1e-7)
