@@ -97,6 +97,21 @@ def test_gauss_newton_any_loss_matches_brute_force(case):
     np.testing.assert_allclose(lanczos, expected, rtol=1e-7)
 
 
+def test_gauss_newton_of_a_loss_with_indefinite_output_hessian():
+    # l(f) = f_0^2 - 0.3 f_1^2 + (f_0 - y)^2 f_1: indefinite in the outputs; the nonzero
+    # eigenvalues of J^T H J come from K^{1/2} H K^{1/2}.
+    x, y = _data(), np.random.default_rng(10).standard_normal((12, 1))
+
+    def odd(yt, f):
+        return tf.reduce_mean(f[:, 0] ** 2 - 0.3 * f[:, 1] ** 2 + (f[:, 0] - yt[:, 0]) ** 2
+                              * f[:, 1])
+
+    model = _mlp(2)
+    expected = _gn_top(model, x, y, odd)
+    got = spectral.sharpness(model, x, y, loss=odd, estimate="gauss_newton")
+    np.testing.assert_allclose(got, max(expected, 0.0), rtol=1e-8, atol=1e-12)
+
+
 def test_gauss_newton_equals_hessian_for_a_linear_model_with_cross_entropy():
     # Logits linear in the weights: the loss Hessian is exactly its Gauss-Newton part.
     x, y = _data(), np.random.default_rng(2).integers(0, 3, 12)

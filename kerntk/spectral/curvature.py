@@ -316,8 +316,8 @@ def loss_hessian_blocks(loss_of, y, f):
 def gauss_newton_sharpness(K, H):
     """``lambda_max(J^T H J)`` from ``K = J J^T`` (``(n c, n c)``, index ``i c + o``) and the
     per-example output Hessians ``H`` (``(n, c, c)``), without the ``P x P`` matrix: with
-    ``H = L S L^T`` (``S = diag(+-1)``), the nonzero eigenvalues of ``J^T H J`` are those of
-    ``S L^T K L``; for convex losses ``S = I`` and the matrix is symmetric. ``0`` when every
+    ``H = L L^T`` (convex losses) the nonzero eigenvalues of ``J^T H J`` are those of the
+    symmetric ``L^T K L``; an indefinite ``H`` goes through ``K^{1/2} H K^{1/2}``. ``0`` when every
     eigenvalue is negative (the parameter space has more directions than ``n c``). Traceable,
     float64."""
     import tensorflow as tf
@@ -326,21 +326,26 @@ def gauss_newton_sharpness(K, H):
     H = tf.cast(H, tf.float64)
     H = 0.5 * (H + tf.linalg.matrix_transpose(H))
     s, U = tf.linalg.eigh(H)                                   # (n, c), (n, c, c)
-    L = U * tf.sqrt(tf.abs(s))[:, None, :]                     # H_i = L_i S_i L_i^T
+    L = U * tf.sqrt(tf.maximum(s, 0.0))[:, None, :]           # H_i = L_i L_i^T if H_i >= 0
     n, c = tf.shape(H)[0], tf.shape(H)[1]
     K4 = tf.reshape(K, tf.stack([n, c, n, c]))
     M = tf.einsum("ipa,ipjq,jqb->iajb", L, K4, L)
     M = tf.reshape(M, tf.stack([n * c, n * c]))
     M = 0.5 * (M + tf.transpose(M))
-    one = tf.constant(1.0, tf.float64)
-    signs = tf.reshape(tf.where(s < 0, -one, one), [-1])
-    definite = tf.reduce_all(signs > 0)
+    definite = tf.reduce_all(s >= 0)
 
     def symmetric():
         return tf.linalg.eigvalsh(M)[-1]
 
     def indefinite():
-        return tf.reduce_max(tf.math.real(tf.linalg.eigvals(signs[:, None] * M)))
+        # The nonzero eigenvalues of J^T H J are those of K^{1/2} H K^{1/2} (symmetric: eigh,
+        # which XLA compiles, unlike a general eigensolver).
+        lam, V = tf.linalg.eigh(0.5 * (K + tf.transpose(K)))
+        root = tf.matmul(V * tf.sqrt(tf.maximum(lam, 0.0))[None, :], V, transpose_b=True)
+        blocks = tf.einsum("iab,ij->iajb", H, tf.eye(n, dtype=tf.float64))
+        Hfull = tf.reshape(blocks, tf.stack([n * c, n * c]))
+        A = tf.matmul(root, tf.matmul(Hfull, root))
+        return tf.linalg.eigvalsh(0.5 * (A + tf.transpose(A)))[-1]
 
     top = tf.cond(definite, symmetric, indefinite)
     return tf.maximum(top, tf.constant(0.0, tf.float64))
