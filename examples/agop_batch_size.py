@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import kerntk  # noqa: E402
-from kerntk.callbacks import AGOPAlignmentLogger, CriticalLRMonitor  # noqa: E402
+from kerntk.callbacks import AGOPAlignmentLogger, CriticalLRMonitor, DivergenceGuard  # noqa: E402
 
 flags.DEFINE_enum("task", "rank2", ["rank2", "rank3", "rank4", "fullrank"],
                   "Synthetic task with an analytic EGOP (kerntk.datasets.rank_task).")
@@ -81,6 +81,7 @@ def run(task_data, batch_size, seed, width, max_epochs):
     lr = FLAGS.lr_factor * eta_crit0
     model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
     full = batch_size >= n
+    guard = DivergenceGuard(factor=1e3, patience=10, max_restores=1)  # stop a diverging run
     monitor = CriticalLRMonitor(margin=FLAGS.margin,
                                 every_n_steps=FLAGS.gd_monitor_every if full else 1)
     agop = AGOPAlignmentLogger(xt[:FLAGS.probe], g_star, every_n_epochs=None)
@@ -93,7 +94,7 @@ def run(task_data, batch_size, seed, width, max_epochs):
     if FLAGS.max_steps > 0:
         epochs = min(epochs, -(-FLAGS.max_steps // -(-n // min(batch_size, n))))
     hist = model.fit(x, y, batch_size=min(batch_size, n), epochs=epochs, shuffle=True,
-                     verbose=0, callbacks=[monitor, agop,
+                     verbose=0, callbacks=[monitor, guard, agop,
                                            keras.callbacks.LambdaCallback(on_epoch_end=stop)])
     c = monitor.counts
     test_loss = float(model.evaluate(xt, yt, batch_size=1000, verbose=0))
@@ -105,7 +106,7 @@ def run(task_data, batch_size, seed, width, max_epochs):
         "converged": bool(hist.history["loss"][-1] < FLAGS.loss_threshold),
         "catapult_events": int(c["catapult_events"]), "catapults": int(c["catapults"]),
         "catapults_margin": int(c["catapults_margin"]), "loss_spikes": int(c["loss_spikes"]),
-        "guard_restores": len(monitor.restores),
+        "guard_restores": len(guard.restores),
         "agop_alignment_init": float(agop.history["agop_alignment"][0]),
         "agop_alignment": float(agop.measure()["agop_alignment"]),
         "test_loss": test_loss,

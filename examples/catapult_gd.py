@@ -32,7 +32,7 @@ from absl import app, flags  # noqa: E402
 
 import kerntk  # noqa: E402
 from _cifar2 import build_model, load_cifar2  # noqa: E402
-from kerntk.callbacks import CriticalLRMonitor, NTKSpectrumTracker  # noqa: E402
+from kerntk.callbacks import CriticalLRMonitor, DivergenceGuard, NTKSpectrumTracker  # noqa: E402
 
 flags.DEFINE_enum("arch", "fcn", ["fcn", "cnn"], "5-layer NTK fcn or CNN (thesis Fig. 4.3a/b).")
 flags.DEFINE_integer("n", 128, "Training points (CIFAR-10 classes 7 and 9).")
@@ -81,9 +81,10 @@ def main(argv):
     # A diverging run (lr beyond the catapult range of a narrow net) is stopped at the first
     # step whose loss exceeds 1e3 x the initial one, and its weights restored, before the
     # tracker measures a non-finite kernel.
-    monitor = CriticalLRMonitor(guard_factor=1e3, patience=1)
+    monitor = CriticalLRMonitor()
+    guard = DivergenceGuard(factor=1e3, patience=1, max_restores=1)
     model.fit(x, y, batch_size=n, epochs=steps, shuffle=False, verbose=0,
-              callbacks=[monitor, tracker])  # the guard acts before a measurement
+              callbacks=[monitor, guard, tracker])  # the guard acts before a measurement
 
     h, m = tracker.history, monitor.history
     top, rest = np.asarray(h["loss_top"]), np.asarray(h["loss_rest"])
@@ -114,7 +115,7 @@ def main(argv):
         "catapult_events": int(monitor.counts["catapult_events"]),
         "catapults": int(monitor.counts["catapults"]),
         "loss_spikes": int(monitor.counts["loss_spikes"]),
-        "diverged": bool(monitor.restores), "steps_run": int(model.optimizer.iterations.numpy()),
+        "diverged": bool(guard.restores), "steps_run": int(model.optimizer.iterations.numpy()),
     }
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     name = FLAGS.name or f"catapult_gd_{FLAGS.arch}"
@@ -132,8 +133,8 @@ def main(argv):
           f"{m['eta_crit'][-1]:.3g}")
     print(f"  catapult events {summary['catapult_events']}, distinct catapults "
           f"{summary['catapults']}, loss spikes {summary['loss_spikes']}")
-    if monitor.restores:
-        print(f"  DIVERGED at step {monitor.restores[0]['step']}: weights restored, training "
+    if guard.restores:
+        print(f"  DIVERGED at step {guard.restores[0]['step']}: weights restored, training "
               "stopped (lower --lr_factor or widen the net)")
     print(f"  figure and numbers in {FLAGS.out_dir}/{name}.{{png,json}}")
 

@@ -42,7 +42,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import kerntk  # noqa: E402
-from kerntk.callbacks import AGOPAlignmentLogger, CatapultRaise, CriticalLRMonitor  # noqa: E402
+from kerntk.callbacks import (AGOPAlignmentLogger, CatapultRaise, CriticalLRMonitor,  # noqa: E402
+                              DivergenceGuard)
 
 flags.DEFINE_enum("mode", "both", ["fixed", "adaptive", "both"],
                   "Fixed thesis schedule, kerntk's adaptive CatapultRaise, or both.")
@@ -117,11 +118,15 @@ def run(mode, x, y, xt, yt, g_star, eta_crit0, steps, raise_at, raise_to, width)
             return current
 
         callbacks.append(keras.callbacks.LearningRateScheduler(schedule))
-        monitor = CriticalLRMonitor()
-    else:
-        monitor = CriticalLRMonitor(raise_policy=CatapultRaise(
-            factor=FLAGS.raise_factor, max_raises=FLAGS.max_raises, cooldown=FLAGS.cooldown))
-    callbacks += [monitor, agop]
+    monitor = CriticalLRMonitor()
+    guard = DivergenceGuard(factor=1e3, patience=10)
+    callbacks += [monitor, guard]
+    raiser = None
+    if mode != "fixed":
+        raiser = CatapultRaise(monitor, factor=FLAGS.raise_factor, max_raises=FLAGS.max_raises,
+                               cooldown=FLAGS.cooldown, guard=guard)
+        callbacks.append(raiser)
+    callbacks.append(agop)
     hist = model.fit(x, y, batch_size=len(x), epochs=steps, shuffle=False, verbose=0,
                      validation_data=(xt, yt), callbacks=callbacks)
     agop.history["step"].append(int(model.optimizer.iterations.numpy()))
@@ -130,15 +135,15 @@ def run(mode, x, y, xt, yt, g_star, eta_crit0, steps, raise_at, raise_to, width)
     val_steps = list(range(1, len(val) + 1))  # val_loss of epoch e is after e+1 steps
     m = monitor.history
     raise_steps = ([s for s in raise_at if s < len(val)] if mode == "fixed"
-                   else [r["step"] for r in monitor.raises])
+                   else [r["step"] for r in raiser.raises])
     test_after = _after_each_catapult(raise_steps, val_steps, val)
     align_after = _after_each_catapult(raise_steps, agop.history["step"],
                                        agop.history["agop_alignment"])
     res = {
         "mode": mode, "lr_init": lr0, "raise_steps": [int(s) for s in raise_steps],
         "raised_to": ([float(r) for _, r in zip(raise_steps, [f * eta_crit0 for f in raise_to])]
-                      if mode == "fixed" else [float(r["to"]) for r in monitor.raises]),
-        "decays": len(getattr(monitor, "decays", [])), "guard_restores": len(monitor.restores),
+                      if mode == "fixed" else [float(r["to"]) for r in raiser.raises]),
+        "decays": len(raiser.decays) if raiser else 0, "guard_restores": len(guard.restores),
         "catapult_events": int(monitor.counts["catapult_events"]),
         "catapults": int(monitor.counts["catapults"]),
         "loss_spikes": int(monitor.counts["loss_spikes"]),

@@ -37,7 +37,7 @@ from absl import app, flags  # noqa: E402
 
 import kerntk  # noqa: E402
 from _cifar2 import build_model, load_cifar2  # noqa: E402
-from kerntk.callbacks import CriticalLRMonitor, NTKSpectrumTracker  # noqa: E402
+from kerntk.callbacks import CriticalLRMonitor, DivergenceGuard, NTKSpectrumTracker  # noqa: E402
 
 flags.DEFINE_enum("arch", "fcn", ["fcn", "cnn"], "5-layer NTK fcn or CNN (thesis Table 4.2).")
 flags.DEFINE_integer("n", 128, "Training points (CIFAR-10 classes 7 and 9).")
@@ -78,7 +78,8 @@ def run(seed, n, width, channels, batch_size, max_epochs, track):
         if logs["loss"] < FLAGS.loss_threshold:
             model.stop_training = True
 
-    callbacks = [monitor, keras.callbacks.LambdaCallback(on_epoch_end=stop)]
+    guard = DivergenceGuard(factor=1e3, patience=10, max_restores=1)  # stop a diverging run
+    callbacks = [monitor, guard, keras.callbacks.LambdaCallback(on_epoch_end=stop)]
     tracker = None
     if track:
         tracker = NTKSpectrumTracker(x, y, k=1, top_s=1, every_n_steps=FLAGS.track_every,
@@ -97,7 +98,7 @@ def run(seed, n, width, channels, batch_size, max_epochs, track):
         "spike_event_match_rate": c["matched"] / c["loss_spikes"] if c["loss_spikes"] else None,
         "event_spike_rate": c["matched"] / c["catapult_events"] if c["catapult_events"] else None,
         "distinct_catapults": int(c["catapults"]), "catapults_margin": int(c["catapults_margin"]),
-        "guard_restores": len(monitor.restores),
+        "guard_restores": len(guard.restores),
     }
     if tracker is not None:
         lam = tracker.history["ntk_lambda_1"]

@@ -43,13 +43,14 @@ def test_callbacks_accept_numpy_scalars_and_store_python_numbers(x):
     tracker = callbacks.NTKSpectrumTracker(x, k=I64(2), top_s=I64(3), every_n_steps=I64(2))
     assert (tracker.k, tracker.top_s, tracker.every_n_steps) == (2, 3, 2)
     assert all(type(v) is int for v in (tracker.k, tracker.top_s, tracker.every_n_steps))
-    monitor = callbacks.CriticalLRMonitor(every_n_steps=I64(2), patience=I64(3),
-                                          guard_factor=F32(10), backoff=F32(0.5),
-                                          margin=F32(1.25), spike_rtol=F32(1e-6))
-    assert type(monitor.every_n_steps) is int and type(monitor.patience) is int
-    assert monitor.margin == 1.25 and type(monitor.backoff) is float
-    policy = callbacks.CatapultRaise(factor=F32(1.5), max_raises=I64(2), cooldown=I64(3),
-                                     stable_rtol=F32(0.01), decay=F32(0.5))
+    monitor = callbacks.CriticalLRMonitor(every_n_steps=I64(2), margin=F32(1.25),
+                                          spike_rtol=F32(1e-6))
+    assert type(monitor.every_n_steps) is int and type(monitor.margin) is float
+    assert monitor.margin == 1.25
+    guard = callbacks.DivergenceGuard(factor=F32(10), patience=I64(3), backoff=F32(0.5))
+    assert type(guard.patience) is int and type(guard.backoff) is float
+    policy = callbacks.CatapultRaise(monitor, factor=F32(1.5), max_raises=I64(2),
+                                     cooldown=I64(3), stable_rtol=F32(0.01), decay=F32(0.5))
     assert (policy.factor, policy.max_raises, policy.cooldown, policy.decay) == (1.5, 2, 3, 0.5)
     logger = callbacks.AGOPAlignmentLogger(x, np.eye(4), every_n_epochs=I64(2),
                                            top_eigenvectors=I64(1))
@@ -97,10 +98,11 @@ def test_datasets_refuse_bool_and_non_finite_counts(make, argument):
     (lambda: analytic.fcn_kernels(np.eye(3), depth=True), "depth"),
     (lambda: callbacks.NTKSpectrumTracker(np.eye(4), k=True), "k"),
     (lambda: callbacks.CriticalLRMonitor(every_n_steps=np.bool_(True)), "every_n_steps"),
-    (lambda: callbacks.CriticalLRMonitor(guard_factor=float("inf")), "guard_factor"),
-    (lambda: callbacks.CriticalLRMonitor(backoff="0.5"), "backoff"),
-    (lambda: callbacks.CatapultRaise(factor=True), "factor"),
-    (lambda: callbacks.CatapultRaise(decay=float("nan")), "decay"),
+    (lambda: callbacks.DivergenceGuard(factor=float("inf")), "factor"),
+    (lambda: callbacks.DivergenceGuard(backoff="0.5"), "backoff"),
+    (lambda: callbacks.CatapultRaise(callbacks.CriticalLRMonitor(), factor=True), "factor"),
+    (lambda: callbacks.CatapultRaise(callbacks.CriticalLRMonitor(), decay=float("nan")),
+     "decay"),
     (lambda: callbacks.AGOPAlignmentLogger(np.eye(4), np.eye(4), top_eigenvectors=-1),
      "top_eigenvectors"),
 ])

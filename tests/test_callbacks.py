@@ -10,7 +10,7 @@ import pytest
 
 import kerntk
 from kerntk.callbacks import (AGOPAlignmentLogger, CatapultRaise, CriticalLRMonitor,
-                              NTKSpectrumTracker)
+                              DivergenceGuard, NTKSpectrumTracker)
 
 
 def _linear_problem(n=16, d=5, seed=0):
@@ -39,30 +39,39 @@ def test_linear_model_eta_crit_and_monotone_descent_below_it():
     assert history.history["eta_crit"][-1] == pytest.approx(eta_crit, rel=1e-6)
 
 
-def test_linear_model_above_eta_crit_diverges_and_guard_restores_snapshot():
+def test_linear_model_above_eta_crit_diverges_and_the_guard_restores_and_backs_off():
     x, y, eta_crit = _linear_problem()
     model = _linear_model(x.shape[1], 1.1 * eta_crit)
-    w0 = [w.copy() for w in model.get_weights()]
-    monitor = CriticalLRMonitor(guard_factor=10.0, patience=3)
-    with pytest.warns(RuntimeWarning, match="diverged"):
-        model.fit(x, y, batch_size=len(x), epochs=200, verbose=0, callbacks=[monitor])
+    monitor = CriticalLRMonitor()
+    guard = DivergenceGuard(factor=10.0, patience=3, backoff=0.5, max_restores=3)
+    model.fit(x, y, batch_size=len(x), epochs=60, verbose=0, callbacks=[monitor, guard])
     losses = monitor.history["loss_after"]
-    assert losses[-1] > 10 * monitor.history["monitor_loss"][0]  # it grew before the guard fired
-    assert all(monitor.history["event"])
-    assert len(monitor.restores) == 1 and len(losses) < 200
-    for w, w_init in zip(model.get_weights(), w0):
-        np.testing.assert_array_equal(w, w_init)
+    restore = guard.restores[0]
+    assert restore["lr_after"] == pytest.approx(0.5 * 1.1 * eta_crit)
+    # The measurements before the restore: every step an event, the loss grew past 10x.
+    first = monitor.history["step"].index(0, 1)  # the step labels restart with iterations
+    assert all(monitor.history["event"][:first]) and max(losses[:first]) > 10 * losses[0]
+    # After it: the monitor keeps measuring, labels equal to optimizer.iterations, below
+    # eta_crit (0.55 eta_crit) the loss only decreases.
+    after = monitor.history["step"][first:]
+    assert after == list(range(len(after)))
+    assert not any(monitor.history["event"][first:])
+    assert np.all(np.diff(monitor.history["monitor_loss"][first:]) < 0)
+    assert len(guard.restores) == 1
+    # The restore went back to the start: the first measurement after it is at w_0 again.
+    np.testing.assert_allclose(monitor.history["monitor_loss"][first],
+                               monitor.history["monitor_loss"][0], rtol=1e-6)
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
 
 
-def test_guard_off_lets_the_linear_model_diverge():
+def test_without_a_guard_the_linear_model_diverges():
     x, y, eta_crit = _linear_problem()
     model = _linear_model(x.shape[1], 1.1 * eta_crit)
-    monitor = CriticalLRMonitor(guard=False)
+    monitor = CriticalLRMonitor()
     model.fit(x, y, batch_size=len(x), epochs=30, verbose=0, callbacks=[monitor])
     # The top eigencomponent grows by |1 - 1.1 * 2|^2 per step and soon dominates the loss.
     losses = monitor.history["loss_after"]
     assert np.all(np.diff(losses[-10:]) > 0) and losses[-1] > 10 * losses[0]
-    assert not monitor.restores
 
 
 def _sphere(n, d, seed):
@@ -125,9 +134,13 @@ def test_catapult_raise_gives_repeated_catapults_and_a_rate_that_diverges_from_i
     init = model.get_weights()
     eta0 = kerntk.spectral.critical_lr(model, x)
     model.compile(optimizer=keras.optimizers.SGD(0.5 * eta0), loss="mse")
-    monitor = CriticalLRMonitor(raise_policy=CatapultRaise(factor=1.5, max_raises=3, cooldown=5))
-    model.fit(x, y, batch_size=len(x), epochs=120, verbose=0, callbacks=[monitor])
-    assert len(monitor.raises) >= 2 and monitor.counts["catapults"] >= 2
+    monitor = CriticalLRMonitor()
+    guard = DivergenceGuard(factor=1e3, patience=10)
+    raiser = CatapultRaise(monitor, factor=1.5, max_raises=3, cooldown=5, guard=guard)
+    history = model.fit(x, y, batch_size=len(x), epochs=120, verbose=0,
+                        callbacks=[monitor, guard, raiser])
+    assert len(raiser.raises) >= 2 and monitor.counts["catapults"] >= 2
+    assert history.history["lr_raises"][-1] == len(raiser.raises)
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
     loss = monitor.history["loss_after"]
     assert np.isfinite(loss[-1]) and loss[-1] < monitor.history["monitor_loss"][0]
@@ -191,10 +204,9 @@ def test_learning_rate_schedule_is_rejected_by_raise_policy_but_fine_for_monitor
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)
     model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(schedule), loss="mse")
-    with pytest.raises(ValueError, match="LearningRateSchedule"):
-        model.fit(x, y, epochs=1, verbose=0,
-                  callbacks=[CriticalLRMonitor(raise_policy=CatapultRaise())])
     monitor = CriticalLRMonitor()
+    with pytest.raises(ValueError, match="LearningRateSchedule"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[monitor, CatapultRaise(monitor)])
     model.fit(x, y, batch_size=len(x), epochs=2, verbose=0, callbacks=[monitor])
     assert monitor.history["eta"][1] < monitor.history["eta"][0]  # the schedule's own decay
 
@@ -230,8 +242,9 @@ def test_plots_are_written(tmp_path):
     lambda: NTKSpectrumTracker(np.zeros((4, 3)), every_n_steps=0),
     lambda: CriticalLRMonitor(estimate="magic"),
     lambda: CriticalLRMonitor(probe=np.zeros((4, 3))),
-    lambda: CriticalLRMonitor(backoff=1.5),
-    lambda: CatapultRaise(factor=0.9),
+    lambda: CriticalLRMonitor(backoff=1.5),  # moved to DivergenceGuard: says so
+    lambda: CatapultRaise(CriticalLRMonitor(), factor=0.9),
+    lambda: CatapultRaise(None),
     lambda: AGOPAlignmentLogger(np.zeros((4, 3)), reference=np.eye(2)),
     lambda: AGOPAlignmentLogger(np.zeros((4, 3)), reference=np.eye(3), metrics=("l2",)),
 ])

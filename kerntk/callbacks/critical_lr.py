@@ -1,4 +1,4 @@
-"""Critical learning rate monitor: eta_crit, catapult events, loss spikes, guarded LR raises.
+"""Critical learning rate monitor: eta_crit, sharpness, catapult events, loss spikes.
 
 Thesis Ch. 3-4: GD on MSE catapults when ``eta > eta_crit = 2/lambda_max(H_L)``; for a batch,
 ``eta_crit(X_batch) = b c / lambda_max(K_batch)`` (App. C.1, :func:`kerntk.spectral.critical_lr`).
@@ -27,44 +27,8 @@ from kerntk.ntk.jacobian import preconditioned_kernel
 from kerntk.ntk.traced import kernel_graph
 
 ESTIMATES = ("auto", "ntk", "gauss_newton", "hessian")
-
-
-class CatapultRaise:
-    """LR-raise policy of thesis §4.3 ("multiple catapults"), for :class:`CriticalLRMonitor`.
-
-    When the current catapult has settled (the monitored loss is back to its pre-spike level,
-    ``eta_crit(t) > eta``, and ``eta_crit`` changed by at most ``stable_rtol`` since the previous
-    measurement, i.e. the kernel stopped sharpening) and ``cooldown`` measured steps passed since
-    the last raise, the learning rate is set to ``factor * eta_crit(t)`` (> ``eta_crit(t)``), which
-    triggers the next catapult; at most ``max_raises`` times.
-
-    Args:
-        factor: new ``eta / eta_crit(t)``; in ``(1, 2)`` a wide net catapults rather than diverges.
-        max_raises: maximum number of raises (failed raises undone by the guard count too).
-        cooldown: measured steps to wait after a raise (or the start) before the next one.
-        decay: after a raise's catapult has settled, ``lambda_max`` may grow back (progressive
-            sharpening) until ``eta > eta_crit`` again; the rate is then lowered to
-            ``decay * eta_crit(t)`` to avoid extra catapults (thesis App. C.6: "we decay the
-            learning rate if necessary after the catapult"). ``None`` disables it.
-        stable_rtol: largest relative change of ``eta_crit`` between two measurements at which a
-            raise is allowed (while ``lambda_max`` still grows, ``eta / eta_crit`` would drift
-            past 2 after the raise and the step would diverge).
-    """
-
-    def __init__(self, factor: float = 1.5, max_raises: int = 3, cooldown: int = 10,
-                 stable_rtol: float = 0.01, decay: Optional[float] = 0.9):
-        if not (is_real(factor) and 1.0 < factor < 4.0):
-            raise ValueError(f"`factor` must be in (1, 4); got {factor!r}.")
-        for name, value in (("max_raises", max_raises), ("cooldown", cooldown)):
-            if not is_integer(value) or value < 0:
-                raise ValueError(f"`{name}` must be a non-negative integer; got {value!r}.")
-        if decay is not None and not (is_real(decay) and 0 < decay < 1):
-            raise ValueError(f"`decay` must be None or in (0, 1); got {decay!r}.")
-        self.decay = None if decay is None else float(decay)
-        if not (is_real(stable_rtol) and stable_rtol > 0):
-            raise ValueError(f"`stable_rtol` must be > 0; got {stable_rtol!r}.")
-        self.factor, self.max_raises, self.cooldown = float(factor), int(max_raises), int(cooldown)
-        self.stable_rtol = float(stable_rtol)
+# Arguments of the monitor before measurement and control were split (issue 11).
+_MOVED = {"raise_policy", "guard", "guard_factor", "patience", "backoff"}
 
 
 def _copy(variables) -> list:
@@ -73,76 +37,75 @@ def _copy(variables) -> list:
 
 
 class CriticalLRMonitor(keras.callbacks.Callback):
-    """Critical learning rate, catapult events and loss spikes during ``fit`` (thesis Ch. 4).
+    """Critical learning rate, sharpness, catapult events and loss spikes during ``fit`` (thesis
+    Ch. 4). It measures only; :class:`~kerntk.callbacks.CatapultRaise` and
+    :class:`~kerntk.callbacks.DivergenceGuard` act on what it measures (the split of Keras'
+    own ``ReduceLROnPlateau``/``EarlyStopping``).
 
     At every ``every_n_steps``-th update ``w_t -> w_{t+1}`` taken on batch ``X_t`` it measures,
-    at the weights ``w_t`` the step started from:
+    at the weights ``w_t`` the step started from and with the optimizer's own stability rule
+    (:mod:`kerntk.spectral.stability`: SGD with or without momentum/Nesterov, Adam, AdamW,
+    RMSprop; another optimizer is a ``ValueError`` at the start of ``fit``):
 
-    * ``eta_crit``: ``eta_crit(X_t)`` — with ``estimate="ntk"`` (Keras MSE) ``(1 + beta) b c /
-      lambda_max(K(X_t))``; ``"hessian"``/``"gauss_newton"`` use ``2 (1 + beta)/lambda_max`` of the
-      loss Hessian / its Gauss-Newton part (any loss). With ``probe=(x, y)`` the fixed probe set
-      replaces ``X_t``. ``beta`` is the momentum of ``keras.optimizers.SGD`` (Nesterov:
-      ``(1 + beta)/(1 + 2 beta)``); other optimizers get the plain-GD value (a warning says so).
+    * ``sharpness``: ``lambda_max(P^{-1/2} G P^{-1/2})`` of the Gauss-Newton matrix ``G`` of
+      the compiled loss on ``X_t`` (any loss with curvature, several outputs with their loss
+      weights; for MSE ``2 lambda_max(K(X_t))/(b c)``), ``P`` the diagonal an adaptive optimizer
+      divides its step by, read from its state before this step (``I`` for SGD; at step 0 an
+      adaptive optimizer has none and the values are NaN). ``estimate="hessian"`` uses the exact
+      loss Hessian instead (Lanczos on the host). With ``probe=(x, y)`` the fixed probe set
+      replaces ``X_t``.
+    * ``sharpness_threshold``: ``coefficient / eta`` (``2/eta`` for SGD, ``38/eta`` for Adam at
+      ``beta_1 = 0.9``); ``eta_crit = coefficient / sharpness``; ``eta_over_crit``.
     * a **catapult event** when ``eta - eta_crit > 1e-8`` (the thesis's count,
       ``catapult_events``) and **distinct catapults** (``catapults``: runs of consecutive events;
       ``catapults_margin``: events with ``eta > margin * eta_crit``);
     * a **loss spike** when the monitored loss of ``X_t`` grows over the step,
       ``L(w_{t+1}; X_t) > (1 + spike_rtol) L(w_t; X_t)`` — computed here, since Keras batch logs
       hold running epoch means. ``spike_event_match_rate`` is the fraction of spikes that
-      coincide with an event (thesis Table 4.2), ``event_spike_rate`` the converse.
-
-    ``raise_policy`` (e.g. :class:`CatapultRaise`) raises the rate after each settled catapult to
-    trigger the next. The **guard** (``guard=True``) snapshots weights and optimizer state at the
-    start and before every raise; if the loss turns non-finite, or exceeds ``guard_factor`` times
-    its value at the snapshot for ``patience`` consecutive measurements, it restores the snapshot:
-    after a raise it sets the rate to ``backoff`` times the raised rate and continues; otherwise
-    (the user's own rate diverges) it stops training. A run under the guard never ends with
-    non-finite weights.
+      coincide with an event (thesis Table 4.2), ``event_spike_rate`` the converse. (By the
+      descent lemma a step below ``eta_crit`` on a locally quadratic loss cannot raise its own
+      batch's loss, so this count is close to implied by an event; Table 4.2 counts increases
+      of the total training loss.)
 
     Logs (batch logs when measured, latest values in epoch logs): ``eta``, ``eta_crit``,
-    ``eta_over_crit``, ``monitor_loss``, ``catapult_events``, ``catapults``, ``catapults_margin``,
-    ``loss_spikes``, ``spike_event_match_rate``, ``event_spike_rate``, ``lr_raises``,
-    ``guard_restores``. ``self.history`` keeps every measurement (lists keyed like the logs plus
-    ``"step"``, ``"event"``, ``"spike"``, ``"loss_after"``) and ``self.raises``, ``self.decays``,
-    ``self.restores`` the actions.
+    ``eta_over_crit``, ``sharpness``, ``sharpness_threshold``, ``monitor_loss``,
+    ``catapult_events``, ``catapults``, ``catapults_margin``, ``loss_spikes``,
+    ``spike_event_match_rate``, ``event_spike_rate``. ``self.history`` keeps every measurement
+    (lists keyed like the logs plus ``"step"`` (``optimizer.iterations`` before the update),
+    ``"event"``, ``"spike"``, ``"loss_after"``).
 
     Notes:
-        * How it measures: the monitor wraps ``model.train_step`` (:mod:`train_step_hook`), so
-          the measurement is traced into the compiled step, next to the update: the NTK at
-          ``w_t`` (sharing Keras' own forward pass when the model allows it: no Dropout,
-          BatchNormalization or other ``training``-dependent layers, no mixed precision, every
-          trainable variable in a factorizable layer, Keras' own ``train_step``, which calls the
-          model once; otherwise a separate NTK pass), its top
-          eigenvalue, and the batch loss before and after the update. Cost per measured step
-          on the benchmark fcn: about 0.7 of a training step (``benchmarks/callbacks.py``).
-        * With ``steps_per_execution = k > 1`` every due step of a block is measured
-          (``estimate="ntk"``); the guard and ``raise_policy`` act at the hooks, i.e. every
-          ``k`` steps. ``"hessian"``/``"gauss_newton"`` run Lanczos on the host at the weights
-          of the first step of each block, which is the only step they measure.
-        * Under a ``tf.distribute`` strategy the batch shards are gathered and the NTK of the
+        * How it measures: the monitor wraps ``model.train_step`` (:mod:`train_step_hook`; other
+          in-step callbacks compose with it), so the measurement is traced into the compiled
+          step, next to the update. Kernel: the structured NTK at ``w_t``, sharing Keras' own
+          forward pass when the model allows it (no Dropout, BatchNormalization or other
+          ``training``-dependent layers, no mixed precision, every trainable variable in a
+          factorizable layer, Keras' own ``train_step``, SGD); otherwise a separate NTK pass.
+          Models whose layers couple the batch in training mode (BatchNormalization) are
+          measured in training mode, as ``fit`` trains them, through the Jacobian of the
+          batched function (exact, slower); other models in inference mode (Dropout off).
+          Adaptive optimizers: the Jacobian route with the metric ``P^{-1}``. Training is the
+          same with and without the monitor.
+        * With ``steps_per_execution = k > 1`` every due step of a block is measured, except
+          with ``estimate="hessian"``, which runs Lanczos on the host at the weights of the
+          first step of each block, the only step it measures.
+        * Under a ``tf.distribute`` strategy the batch shards are gathered and the kernel of the
           global batch is computed on replica 0.
-        * ``estimate="ntk"`` sends its scalars to the host through a device-side buffer, so
-          XLA ``jit_compile`` stays as compiled (tested with ``jit_compile=True`` on CPU). On
-          CPU, Keras' default leaves XLA off, and better so here: XLA:CPU's eigensolver took
-          26 ms for a 128 x 128 kernel where LAPACK takes 1 ms (measured; the fit with the
-          monitor then took 3.0x a plain XLA fit instead of 1.7x). GPU not measured.
-          ``"hessian"``/``"gauss_newton"`` send the batch through a host callback, which turns
+        * Scalars reach the host through a device-side buffer, so XLA ``jit_compile`` stays as
+          compiled. ``estimate="hessian"`` sends the batch through a host callback, which turns
           ``jit_compile`` off while the monitor is attached. Sample weights are ignored.
-        * Setting the rate needs a float/variable learning rate: with a ``LearningRateSchedule``
-          a ``raise_policy`` is rejected with a ``ValueError``.
-        * Models that couple the examples of a batch in inference mode are rejected with
-          ``estimate="ntk"`` (``f(x[:2]) != f(x)[:2]`` on the first measured step).
+        * A model whose output for one example depends on the rest of the batch through layers
+          kerntk does not know is rejected (``f(x[:2]) != f(x)[:2]`` on the first measured step).
 
     Args:
-        estimate: ``"ntk"``, ``"hessian"`` or ``"gauss_newton"``.
+        estimate: ``"auto"`` (the Gauss-Newton sharpness; for MSE the NTK estimate, which is
+            the same number), ``"ntk"`` (MSE only), ``"gauss_newton"`` or ``"hessian"``.
         probe: optional ``(x, y)``: measure on this fixed set instead of the current batch.
         every_n_steps: measure every this many updates.
-        raise_policy: ``None`` or a :class:`CatapultRaise`.
-        guard, guard_factor, patience, backoff: the divergence guard (above).
         margin: threshold factor of ``catapults_margin``.
         spike_rtol: relative tolerance of a loss spike.
         loss: loss to monitor (default: the model's compiled loss).
-        method: empirical-NTK method for ``estimate="ntk"``.
+        method: empirical-NTK method (``"auto"``, ``"structured"``, ``"jacobian"``).
         log_dir: optional TensorBoard directory (str or PathLike). Under ``<log_dir>/kerntk``
             (see :mod:`kerntk.callbacks._summary`) it writes the tag
             ``kerntk/critical_lr_figure``: the :meth:`plot` figure (loss with spikes, ``eta``
@@ -152,12 +115,18 @@ class CriticalLRMonitor(keras.callbacks.Callback):
     """
 
     def __init__(self, estimate: str = "auto", probe=None, every_n_steps: int = 1,
-                 raise_policy: Optional[CatapultRaise] = None, guard: bool = True,
-                 guard_factor: float = 1e3, patience: int = 10, backoff: float = 0.5,
                  margin: float = 1.2, spike_rtol: float = 1e-6, loss=None, method: str = "auto",
-                 log_dir=None):
+                 log_dir=None, **removed):
         require_tensorflow("kerntk.callbacks.CriticalLRMonitor")
         super().__init__()
+        moved = sorted(set(removed) & _MOVED)
+        if moved:
+            raise ValueError(f"CriticalLRMonitor only measures; {', '.join(moved)} moved to "
+                             f"their own callbacks: kerntk.callbacks.CatapultRaise(monitor, ...) "
+                             f"raises the rate, kerntk.callbacks.DivergenceGuard(...) restores "
+                             f"and backs off. Place them after the monitor in `callbacks`.")
+        if removed:
+            raise TypeError(f"CriticalLRMonitor got unexpected arguments: {sorted(removed)}.")
         self.log_dir = log_dir
         self._summary = summary_log(log_dir)
         if estimate not in ESTIMATES:
@@ -171,55 +140,24 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             probe = (px, py)
         if not is_integer(every_n_steps) or every_n_steps < 1:
             raise ValueError(f"`every_n_steps` must be a positive integer; got {every_n_steps!r}.")
-        if raise_policy is not None and not isinstance(raise_policy, CatapultRaise):
-            raise ValueError("`raise_policy` must be None or a CatapultRaise.")
-        if not (is_real(guard_factor) and guard_factor > 1):
-            raise ValueError(f"`guard_factor` must be > 1; got {guard_factor!r}.")
-        if not is_integer(patience) or patience < 1:
-            raise ValueError(f"`patience` must be a positive integer; got {patience!r}.")
-        if not (is_real(backoff) and 0 < backoff < 1):
-            raise ValueError(f"`backoff` must be in (0, 1); got {backoff!r}.")
         if not (is_real(margin) and margin >= 1):
             raise ValueError(f"`margin` must be >= 1; got {margin!r}.")
         if not (is_real(spike_rtol) and spike_rtol >= 0):
             raise ValueError(f"`spike_rtol` must be >= 0; got {spike_rtol!r}.")
         self.estimate, self.probe, self.every_n_steps = estimate, probe, int(every_n_steps)
-        self.raise_policy, self.guard = raise_policy, guard
-        self.guard_factor, self.patience = float(guard_factor), int(patience)
-        self.backoff, self.margin = float(backoff), float(margin)
-        self.spike_rtol = float(spike_rtol)
+        self.margin, self.spike_rtol = float(margin), float(spike_rtol)
         self.loss, self.method = loss, method
         self.history: Dict[str, List[float]] = {}
-        self.raises: List[dict] = []
-        self.restores: List[dict] = []
-        self.decays: List[dict] = []
+        self._hook = None
 
     # ------------------------------------------------------------------ helpers
     @property
     def _optimizer(self):
         return self.model.optimizer
 
-    def _lr_is_schedule(self) -> bool:
-        lr = getattr(self._optimizer, "_learning_rate", None)
-        return isinstance(lr, keras.optimizers.schedules.LearningRateSchedule)
-
-    def _set_lr(self, value: float) -> None:
-        self._optimizer.learning_rate = value
-
-    def _weights(self):
-        return self.model.weights
-
-    def _snapshot(self, loss: Optional[float], after_raise: bool) -> dict:
-        return {"weights": _copy(self._weights()), "optimizer": _copy(self._optimizer.variables),
-                "loss": loss, "step": self._step(), "raise": after_raise}
-
     def _assign(self, variables, values) -> None:
         for v, t in zip(variables, values):
             v.assign(t)
-
-    def _restore(self, snapshot: dict) -> None:
-        self._assign(self._weights(), snapshot["weights"])
-        self._assign(self._optimizer.variables, snapshot["optimizer"])
 
     def _step(self) -> int:
         return int(keras.ops.convert_to_numpy(self._optimizer.iterations))
@@ -380,17 +318,14 @@ class CriticalLRMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self.model.optimizer is None:
             raise ValueError("CriticalLRMonitor needs a compiled model.")
-        if self.raise_policy is not None and self._lr_is_schedule():
-            raise ValueError("CatapultRaise must set the learning rate, which is a "
-                             "LearningRateSchedule here; compile with a float learning rate.")
         if self.estimate == "ntk" and not spectral.is_mse(
                 self.loss if self.loss is not None else self.model.loss):
             raise ValueError("estimate='ntk' holds for Keras MSE (mean reduction) only; use "
                              "estimate='gauss_newton' (the same number for MSE) or 'hessian'.")
         self._rule = spectral.stability_rule(self.model.optimizer)
         if not self.model.optimizer.built:
-            # Its slots are read in the step and belong in the guard's snapshot: create them
-            # now (Keras would at the first update, after this hook).
+            # An adaptive optimizer's slots are read in the step: create them now (Keras
+            # would at the first update, after this hook).
             self.model.optimizer.build(self.model.trainable_variables)
         self._dtype = resolve_dtype(self.model, None)
         self._training = spectral.critical._resolve_training(self.model, None)
@@ -398,19 +333,10 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         self._loss_of = None  # built at the first trace (the outputs' shapes need a batch)
         self._replicas = self.model.distribute_strategy.num_replicas_in_sync
         self._first_step = self._step()
-        self.history, self.raises, self.restores = {}, [], []
+        self.history = {}
         self.counts = dict(catapult_events=0, catapults=0, catapults_margin=0, loss_spikes=0,
                            matched=0)
         self._in_event_run = False
-        self._in_catapult, self._pre_spike_loss = False, None
-        self._raise_settled = False
-        self.decays = []
-        self._last_raise_measurement = 0
-        self._measurements = 0
-        self._bad = 0
-        # The first snapshot is the state before training; its reference loss is the first
-        # measured one.
-        self._snapshots: List[dict] = [self._snapshot(None, False)] if self.guard else []
         self._start_weights, self._start_step = None, None
         self._hook = TrainStepHook(owner=self)
         # estimate="ntk" records only scalars: a device-side buffer keeps jit_compile working.
@@ -422,10 +348,6 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         if self._hook is not None:
             self._hook.uninstall()
             self._hook = None
-        if self.guard and self._snapshots and not all(
-                np.all(np.isfinite(keras.ops.convert_to_numpy(v))) for v in self._weights()):
-            self._restore(self._snapshots[-1])
-            self.restores.append({"step": self._step(), "reason": "non-finite weights at end"})
         if self._summary is not None:
             if self.history:
                 self._summary.figure("kerntk/critical_lr_figure", self.plot, self._step())
@@ -459,11 +381,8 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             loss_before, loss_after = float(record["loss_before"]), float(record["loss_after"])
             sharp = self._sharpness(record) if math.isfinite(loss_before) else math.nan
             eta_crit = self._rule.critical_lr(sharp) if math.isfinite(sharp) else math.nan
-            restores = len(self.restores)
             self._update(step, float(record["lr"]), eta_crit, loss_before, loss_after, logs,
                          sharp)
-            if len(self.restores) > restores or self.model.stop_training:
-                break  # later records of this block are from the abandoned trajectory
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.history:
@@ -471,7 +390,6 @@ class CriticalLRMonitor(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ bookkeeping
     def _update(self, step, eta, eta_crit, loss_before, loss_after, logs, sharp=math.nan):
-        self._measurements += 1
         c = self.counts
         event = math.isfinite(eta_crit) and eta - eta_crit > 1e-8
         spike = not math.isfinite(loss_after) or loss_after > (1 + self.spike_rtol) * loss_before
@@ -481,12 +399,6 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         c["loss_spikes"] += spike
         c["matched"] += spike and event
         self._in_event_run = event
-        if self._snapshots and self._snapshots[0]["loss"] is None:
-            self._snapshots[0]["loss"] = loss_before
-        if spike and event and not self._in_catapult:
-            self._in_catapult, self._pre_spike_loss = True, loss_before
-        elif self._in_catapult and eta_crit > eta:  # the kernel has flattened: catapult over
-            self._in_catapult, self._raise_settled = False, bool(self.raises)
         values = dict(eta=eta, eta_crit=eta_crit, eta_over_crit=eta / eta_crit if eta_crit else
                       math.inf, monitor_loss=loss_before, sharpness=sharp,
                       sharpness_threshold=self._rule.threshold(eta),
@@ -496,9 +408,6 @@ class CriticalLRMonitor(keras.callbacks.Callback):
                       if c["loss_spikes"] else math.nan,
                       event_spike_rate=c["matched"] / c["catapult_events"]
                       if c["catapult_events"] else math.nan)
-        self._guard_check(loss_after)
-        self._maybe_raise(eta, eta_crit, loss_after)
-        values.update(lr_raises=len(self.raises), guard_restores=len(self.restores))
         self._latest = {k: float(v) for k, v in values.items()}
         h = self.history
         h.setdefault("step", []).append(step)
@@ -509,54 +418,6 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             h.setdefault(k, []).append(v)
         if logs is not None:
             logs.update(self._latest)
-
-    def _guard_check(self, loss_after):
-        if not self.guard or not self._snapshots:
-            return
-        snap = self._snapshots[-1]
-        bad = not math.isfinite(loss_after) or loss_after > self.guard_factor * snap["loss"]
-        self._bad = self._bad + 1 if bad else 0
-        if not (math.isfinite(loss_after) and self._bad < self.patience):
-            self._bad = 0
-            self._restore(snap)
-            record = {"step": self._step(), "snapshot_step": snap["step"], "loss": loss_after}
-            if snap["raise"]:
-                new_lr = snap["raised_to"] * self.backoff
-                self._set_lr(new_lr)
-                record["lr"] = new_lr
-                self._in_catapult = False
-                self._last_raise_measurement = self._measurements
-            else:
-                self.model.stop_training = True
-                warnings.warn("CriticalLRMonitor guard: the loss diverged at the training "
-                              "learning rate; weights restored to the snapshot and training "
-                              "stopped.", RuntimeWarning, stacklevel=2)
-            self.restores.append(record)
-
-    def _maybe_raise(self, eta, eta_crit, loss_after):
-        policy = self.raise_policy
-        if (policy is not None and policy.decay is not None and self._raise_settled
-                and math.isfinite(eta_crit) and eta > eta_crit):
-            self._set_lr(policy.decay * eta_crit)
-            self.decays.append({"step": self._step(), "from": eta, "to": policy.decay * eta_crit})
-            return
-        if (policy is None or self.model.stop_training or len(self.raises) >= policy.max_raises
-                or self._in_catapult or not (math.isfinite(eta_crit) and eta_crit > eta)
-                or self._measurements - self._last_raise_measurement < policy.cooldown
-                or not math.isfinite(loss_after)
-                or (self._pre_spike_loss is not None and loss_after > self._pre_spike_loss)):
-            return
-        previous = self.history.get("eta_crit", [])
-        if not previous or abs(eta_crit - previous[-1]) > policy.stable_rtol * eta_crit:
-            return
-        new_lr = policy.factor * eta_crit
-        if self.guard:
-            self._snapshots.append(dict(self._snapshot(loss_after, True), raised_to=new_lr))
-        self.raises.append({"step": self._step(), "from": eta, "to": new_lr,
-                            "eta_crit": eta_crit})
-        self._raise_settled = False
-        self._set_lr(new_lr)
-        self._last_raise_measurement = self._measurements
 
     # ------------------------------------------------------------------ plotting
     def plot(self, path: str) -> None:

@@ -239,6 +239,7 @@ class DivergenceGuard(keras.callbacks.Callback):
         self._counter.assign(0)
         self.restores, self.skipped = [], []
         self._epoch, self._last_step, self._bad, self._reference = 0, -1, 0, None
+        self._last_loss = None
         self._take_snapshot(None, None)
         self._hook = TrainStepHook(owner=self)
         self._hook.install(model, self._graph_step, FIELDS, fit=self.params, transparent=True)
@@ -271,6 +272,14 @@ class DivergenceGuard(keras.callbacks.Callback):
                                       lr_before=lr, lr_after=self._lr()))
 
     # ------------------------------------------------------------------ on the host
+    def snapshot(self) -> None:
+        """Takes a snapshot of the state now, during ``fit`` (e.g. right after a learning-rate
+        raise by :class:`~kerntk.callbacks.CatapultRaise`, so that a raise that diverges rolls
+        back to just before it and retries at ``backoff`` times the raised rate)."""
+        if self._hook is None:
+            raise RuntimeError("DivergenceGuard.snapshot() works during fit only.")
+        self._take_snapshot(self._last_loss, self._epoch)
+
     def _logs(self) -> Dict[str, float]:
         return dict(guard_restores=float(len(self.restores)),
                     skipped_batches=float(len(self.skipped)), guard_lr=self._lr())
@@ -285,6 +294,8 @@ class DivergenceGuard(keras.callbacks.Callback):
                 self._skip(self._last_step)
                 continue
             loss = float(record["loss"]) if record["loss_known"] else None
+            if loss is not None and math.isfinite(loss):
+                self._last_loss = loss
             if self._diverged(loss, bool(record["state_finite"])):
                 return
             self._window += 1
