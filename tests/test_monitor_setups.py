@@ -111,3 +111,89 @@ def test_monitor_on_a_multi_output_model():
 
     expected = _gn_top(models[1], x, None, plain)  # w_0
     np.testing.assert_allclose(monitor.history["sharpness"][0], expected, rtol=1e-7)
+
+
+def _regression(n=32, seed=3):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 5)), rng.standard_normal((n, 1))
+
+
+def test_a_nan_input_row_gives_nan_not_a_crash_and_the_guard_skips_it():
+    from kerntk.callbacks import DivergenceGuard
+    x, y = _regression()
+    x[20, 1] = np.nan  # in the second batch of 16
+    for guarded in (False, True):
+        keras.utils.set_random_seed(0)
+        model = _mlp(1)
+        model.compile(keras.optimizers.SGD(0.01), loss="mse")
+        monitor = CriticalLRMonitor()
+        callbacks = [monitor] + ([DivergenceGuard()] if guarded else [])
+        with pytest.warns(RuntimeWarning) if guarded else _nothing():
+            model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+                      callbacks=callbacks)
+        eta = np.asarray(monitor.history["eta_crit"])
+        assert np.isfinite(eta[0]) and np.isnan(eta[1])  # the NaN batch: NaN, no error
+        weights_finite = all(np.all(np.isfinite(w)) for w in model.get_weights())
+        assert weights_finite == guarded  # without a guard the update spread the NaN
+        if guarded:  # each epoch's NaN batch cost one skipped step; the others measure
+            assert np.isfinite(eta[2]) and np.isnan(eta[3])
+            assert len(callbacks[1].skipped) == 2
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_a_subclass_of_ntkdense_overriding_call_trains_and_measures_its_own_call():
+    from kerntk.layers import NTKDense
+
+    class Twice(NTKDense):
+        def call(self, inputs):
+            return 2.0 * super().call(inputs)
+
+    x, y = _regression()
+
+    def build():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((5,)), Twice(16, activation="tanh"), NTKDense(1)])
+        model.compile(keras.optimizers.SGD(0.05), loss="mse")
+        return model
+
+    monitored, plain, reference = build(), build(), build()
+    monitor = CriticalLRMonitor()
+    monitored.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, callbacks=[monitor])
+    plain.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(monitored.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    expected = _gn_top(reference, x, y, lambda yt, f: tf.reduce_mean((f - yt) ** 2))
+    np.testing.assert_allclose(monitor.history["sharpness"][0], expected, rtol=1e-8)
+
+
+def test_a_tied_weight_autoencoder_under_the_monitor():
+    x, _ = _regression()
+
+    class Tied(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.enc = keras.layers.Dense(8, activation="tanh")
+
+        def call(self, inputs):
+            return tf.matmul(self.enc(inputs), self.enc.kernel, transpose_b=True)
+
+    def build():
+        keras.utils.set_random_seed(2)
+        model = Tied()
+        model(x[:1])
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.5), loss="mse")
+        return model
+
+    monitored, reference = build(), build()
+    monitor = CriticalLRMonitor()
+    monitored.fit(x, x, batch_size=32, epochs=1, verbose=0, callbacks=[monitor])
+    expected = _gn_top(reference, x, x, lambda yt, f: tf.reduce_mean((f - yt) ** 2))
+    np.testing.assert_allclose(monitor.history["sharpness"][0], expected, rtol=1e-8)
+    np.testing.assert_allclose(monitor.history["eta_crit"][0], 2 * 1.5 / expected, rtol=1e-8)

@@ -318,12 +318,17 @@ def gauss_newton_sharpness(K, H):
     per-example output Hessians ``H`` (``(n, c, c)``), without the ``P x P`` matrix: with
     ``H = L L^T`` (convex losses) the nonzero eigenvalues of ``J^T H J`` are those of the
     symmetric ``L^T K L``; an indefinite ``H`` goes through ``K^{1/2} H K^{1/2}``. ``0`` when every
-    eigenvalue is negative (the parameter space has more directions than ``n c``). Traceable,
-    float64."""
+    eigenvalue is negative (the parameter space has more directions than ``n c``), NaN when
+    ``K`` or ``H`` is not finite. Traceable, float64."""
     import tensorflow as tf
 
     K = tf.cast(K, tf.float64)
     H = tf.cast(H, tf.float64)
+    finite = tf.reduce_all(tf.math.is_finite(K)) & tf.reduce_all(tf.math.is_finite(H))
+    # A non-finite batch (a NaN input row) or a diverged state: NaN, not an eigensolver error
+    # inside the training step. The eigensolvers below then see zeros.
+    K = tf.where(finite, K, tf.zeros_like(K))
+    H = tf.where(finite, H, tf.zeros_like(H))
     H = 0.5 * (H + tf.linalg.matrix_transpose(H))
     s, U = tf.linalg.eigh(H)                                   # (n, c), (n, c, c)
     L = U * tf.sqrt(tf.maximum(s, 0.0))[:, None, :]           # H_i = L_i L_i^T if H_i >= 0
@@ -347,5 +352,5 @@ def gauss_newton_sharpness(K, H):
         A = tf.matmul(root, tf.matmul(Hfull, root))
         return tf.linalg.eigvalsh(0.5 * (A + tf.transpose(A)))[-1]
 
-    top = tf.cond(definite, symmetric, indefinite)
-    return tf.maximum(top, tf.constant(0.0, tf.float64))
+    top = tf.maximum(tf.cond(definite, symmetric, indefinite), tf.constant(0.0, tf.float64))
+    return tf.where(finite, top, tf.constant(float("nan"), tf.float64))
