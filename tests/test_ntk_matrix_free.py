@@ -69,8 +69,12 @@ def test_operator_is_the_full_ntk(c, rng):
     u = rng.standard_normal((7, c))
     inv_p = [rng.uniform(0.2, 2.0, v.shape) for v in model.trainable_variables]
 
-    K, Ku, KPu, Ku32 = record(model, x, "full", lambda f: (
-        f.kernel()[0], f.matvec(u), f.operator(inv_p)(u), f.operator()(tf.cast(u, "float32"))))
+    def products(f):
+        op, pop = f.operator(), f.operator(inv_p)
+        return (f.kernel()[0], f.matvec(u), pop(u), op(tf.cast(u, "float32")),
+                op.quadratic_form(u), pop.quadratic_form(u))
+
+    K, Ku, KPu, Ku32, q, qp = record(model, x, "full", products)
     J = brute_jacobian(model, x)
     K_emp = kerntk.ntk.empirical_ntk(model, x, outputs="full")
     flat = u.reshape(-1)                                           # row i * c + k
@@ -80,6 +84,8 @@ def test_operator_is_the_full_ntk(c, rng):
     assert rel(Ku.numpy().reshape(-1), J @ (J.T @ flat)) < 1e-12
     p = np.concatenate([q.reshape(-1) for q in inv_p])
     assert rel(KPu.numpy().reshape(-1), J @ (p * (J.T @ flat))) < 1e-12
+    assert rel(q.numpy(), flat @ K.numpy() @ flat) < 1e-12
+    assert rel(qp.numpy(), flat @ J @ (p * (J.T @ flat))) < 1e-12
 
 
 @pytest.mark.parametrize("outputs", ["full", 1])
@@ -92,12 +98,14 @@ def test_operator_is_exact_for_variables_outside_dense_sites(outputs, rng):
     c = 2 if outputs == "full" else 1
     u = rng.standard_normal((4, c))
     inv_p = [rng.uniform(0.2, 2.0, v.shape) for v in model.trainable_variables]
-    Ku, KPu = record(model, x, outputs, lambda f: (f.operator()(u), f.operator(inv_p)(u)))
+    Ku, KPu, qp = record(model, x, outputs, lambda f: (
+        f.operator()(u), f.operator(inv_p)(u), f.operator(inv_p).quadratic_form(u)))
     J = brute_jacobian(model, x, None if outputs == "full" else outputs)
     flat = u.reshape(-1)
     p = np.concatenate([q.reshape(-1) for q in inv_p])
     assert rel(Ku.numpy().reshape(-1), J @ (J.T @ flat)) < 1e-11
     assert rel(KPu.numpy().reshape(-1), J @ (p * (J.T @ flat))) < 1e-11
+    assert rel(qp.numpy(), flat @ J @ (p * (J.T @ flat))) < 1e-11
 
 
 def test_operator_refuses_what_it_cannot_do(rng):
@@ -117,7 +125,7 @@ def ntk_kernel(model, x) -> np.ndarray:
     return record(model, x, "full", lambda f: f.kernel()[0]).numpy()
 
 
-def ntk_lanczos(model, x, steps):
+def ntk_lanczos(model, x, steps, quadratic=False):
     """A compiled ``v0 -> top_eigenvalue(...)`` on the batch NTK of ``model`` at ``x`` (at the
     weights of each call: they are variables), reused for every start vector."""
     x = tf.constant(x)
@@ -127,7 +135,10 @@ def ntk_lanczos(model, x, steps):
         fnt = ForwardNTK(model, outputs="full")
         with fnt.recording():
             model(x)
-        return top_eigenvalue(fnt.operator(), v0, steps, with_residual=True)
+        op = fnt.operator()
+        if quadratic:
+            return top_eigenvalue(op, v0, steps, quadratic_form=op.quadratic_form)
+        return top_eigenvalue(op, v0, steps, with_residual=True)
     return run
 
 
@@ -170,6 +181,10 @@ def test_top_eigenvalue_converges_and_a_warm_start_needs_few_steps(rng):
     assert warm_err < 1e-9 and bound < 1e-6
     assert cold_err > 100 * max(warm_err, 1e-14)
     assert np.dot(warm_v.numpy()[:, 0], v.numpy()[:, 0]) > 0   # sign follows the warm start
+    # The same Krylov space with the last product replaced by the quadratic form |J^T v|^2.
+    lam_q, v_q = ntk_lanczos(model, x, steps, quadratic=True)(v.numpy())
+    assert abs(lam_q.numpy() - warm_lam.numpy()) < 1e-12 * evals2[-1]
+    assert np.max(np.abs(v_q.numpy() - warm_v.numpy())) < 1e-8
 
 
 def test_top_eigenvalue_breakdown_and_fallback_start(rng):
@@ -188,8 +203,14 @@ def test_top_eigenvalue_breakdown_and_fallback_start(rng):
         lam, v, r = run(tf.constant(v0))
         assert abs(lam.numpy() - top) / top < 1e-12
         assert np.all(np.isfinite(v.numpy())) and r.numpy() < 1e-8 * top
+    quad = tf.function(lambda v0: top_eigenvalue(
+        matvec, v0, 4, quadratic_form=lambda v: tf.reduce_sum(v * matvec(v))))
+    for v0 in (rng.standard_normal((30, 1)), np.zeros((30, 1))):
+        assert abs(quad(tf.constant(v0))[0].numpy() - top) / top < 1e-12
     with pytest.raises(ValueError, match="steps"):
         top_eigenvalue(matvec, np.ones((30, 1)), 0)
+    with pytest.raises(ValueError, match="with_residual"):
+        top_eigenvalue(matvec, np.ones((30, 1)), 2, quadratic_form=matvec, with_residual=True)
 
 
 def test_prefer_matrix_free_follows_the_measured_crossover():

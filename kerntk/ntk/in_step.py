@@ -30,8 +30,8 @@ from kerntk.ntk.forward import (FLOATS, compute_dtype, flatten_outputs, forward,
 from kerntk.ntk.registry import capture, coverage, find_sites, unproven_layers
 from kerntk.ntk.traced import METHODS, cached_kernel_fn, columns, structured_blocks
 
-__all__ = ["ForwardNTK", "kernel_fn", "mixes_batch", "prefer_matrix_free", "shareable_forward",
-           "top_eigenvalue"]
+__all__ = ["ForwardNTK", "NTKOperator", "kernel_fn", "mixes_batch", "prefer_matrix_free",
+           "shareable_forward", "top_eigenvalue"]
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
@@ -92,6 +92,24 @@ def shareable_forward(model: keras.Model, x2: tf.Tensor, dtype: str) -> bool:
             total = tf.reduce_sum(forward(model, vals, ntvals, x2, False, dtype))
     _, rest = coverage(sites, len(tvars))
     return ok and not rest and not unproven_layers(sites, tape, total, vals)
+
+
+class NTKOperator:
+    """``u -> J P^{-1} J^T u`` of one recorded batch, from :meth:`ForwardNTK.operator` (a
+    callable; valid in the graph that recorded)."""
+
+    def __init__(self, matvec: Callable[[tf.Tensor], tf.Tensor],
+                 quadratic_form: Callable[[tf.Tensor], tf.Tensor]):
+        self._matvec, self._quadratic_form = matvec, quadratic_form
+
+    def __call__(self, u: tf.Tensor) -> tf.Tensor:
+        """``J P^{-1} J^T u`` for ``u`` of shape ``(n, c)``, in ``u``'s dtype."""
+        return self._matvec(u)
+
+    def quadratic_form(self, u: tf.Tensor) -> tf.Tensor:
+        """``u^T J P^{-1} J^T u = |P^{-1/2} J^T u|^2`` (float64 scalar) from the vector-Jacobian
+        product alone: about half the cost of a product (for :func:`top_eigenvalue`)."""
+        return self._quadratic_form(u)
 
 
 class ForwardNTK:
@@ -158,7 +176,7 @@ class ForwardNTK:
         return tf.add_n(blocks), self._out
 
     def operator(self, inverse_preconditioner: Optional[Sequence[tf.Tensor]] = None
-                 ) -> Callable[[tf.Tensor], tf.Tensor]:
+                 ) -> "NTKOperator":
         """The matrix-free batch NTK ``u -> J P^{-1} J^T u`` of the recorded forward pass.
 
         ``J`` is the ``(n c) x P`` Jacobian of the recorded outputs (the columns of ``outputs``:
@@ -191,9 +209,10 @@ class ForwardNTK:
                 positive semi-definite.
 
         Returns:
-            ``matvec(u) -> J P^{-1} J^T u``: ``u`` of shape ``(n, c)`` (``c`` = 1 for an int
-            ``outputs``), float64 or the compute dtype; the result has ``u``'s shape and dtype.
-            The products run in the model's compute dtype.
+            An :class:`NTKOperator` ``op``: ``op(u) = J P^{-1} J^T u`` for ``u`` of shape
+            ``(n, c)`` (``c`` = 1 for an int ``outputs``), float64 or the compute dtype, the
+            result of ``u``'s shape and dtype; ``op.quadratic_form(u) = u^T J P^{-1} J^T u``
+            from the VJP alone. The products run in the model's compute dtype.
 
         Raises:
             ValueError: nothing recorded, ``outputs="trace"`` (a sum of ``c`` operators, not
@@ -237,38 +256,49 @@ class ForwardNTK:
             factors.append((site, tf.reshape(a, (-1, a.shape[-1])),
                             tf.reshape(D, (len(cols), -1, S, C))))
 
+        def dense_vjp(site, A, D, u: tf.Tensor):
+            """``(Uz, g_kernel, g_bias)``: ``J_z^T u`` (n, S, C) and ``J^T u`` for the site's
+            kernel (in the kernel's shape: (1, 1, F, C) for the pointwise step of a separable
+            convolution) and bias (``None`` when not trainable)."""
+            fact, C = site.fact, D.shape[-1]
+            Uz = tf.reduce_sum(tf.transpose(u)[:, :, None, None] * D, axis=0)
+            gk = gb = None
+            if site.kernel_index is not None:
+                gk = tf.matmul(A, tf.reshape(Uz, (-1, C)), transpose_a=True)     # (F, C)
+                gk = tf.reshape(gk * fact.kernel_multiplier, fact.kernel.shape)
+            if site.bias_index is not None:
+                gb = tf.reshape(tf.reduce_sum(Uz, axis=(0, 1)) * fact.bias_multiplier,
+                                fact.bias.shape)
+            return Uz, gk, gb
+
         def dense_products(u: tf.Tensor) -> List[tf.Tensor]:
             terms = []
-            ut = tf.transpose(u)[:, :, None, None]                     # (c, n, 1, 1)
             for site, A, D in factors:
                 fact, S, C = site.fact, D.shape[2], D.shape[-1]
-                Uz = tf.reduce_sum(ut * D, axis=0)                      # (n, S, C): J_z^T u
+                _, gk, gb = dense_vjp(site, A, D, u)
                 z = 0.0
-                if site.kernel_index is not None:
-                    g = tf.matmul(A, tf.reshape(Uz, (-1, C)), transpose_a=True)   # (F, C)
-                    # The preconditioner has the kernel's shape ((1, 1, F, C) for the pointwise
-                    # step of a separable convolution).
-                    kshape = fact.kernel.shape
-                    g = scaled(tf.reshape(g * fact.kernel_multiplier, kshape), site.kernel_index)
-                    g = tf.reshape(g, (-1, C))
-                    z = tf.reshape(tf.matmul(A, g), (-1, S, C)) * fact.kernel_multiplier
-                if site.bias_index is not None:
-                    gb = tf.reshape(tf.reduce_sum(Uz, axis=(0, 1)), tf.shape(site.fact.bias))
-                    gb = scaled(gb * fact.bias_multiplier, site.bias_index)
+                if gk is not None:
+                    gk = tf.reshape(scaled(gk, site.kernel_index), (-1, C))
+                    z = tf.reshape(tf.matmul(A, gk), (-1, S, C)) * fact.kernel_multiplier
+                if gb is not None:
+                    gb = scaled(gb, site.bias_index)
                     z = z + tf.reshape(gb, (1, 1, C)) * fact.bias_multiplier
                 terms.append(tf.transpose(tf.reduce_sum(z[None] * D, axis=(2, 3))))  # (n, c)
             return terms
 
+        def cotangent(u: tf.Tensor) -> tf.Tensor:
+            if len(cols) == c_all:
+                return u
+            return u * tf.one_hot(cols[0], c_all, dtype=dt)[None]   # one column of zeros
+
+        sources = [tvars[i] for i in taped]
+
         def taped_product(u: tf.Tensor) -> tf.Tensor:
             # J^T u through the recorded tape, then J (P^{-1} J^T u) as the derivative of that
             # VJP (linear in u) along P^{-1} J^T u.
-            sources = [tvars[i] for i in taped]
             with tf.GradientTape() as outer:
                 outer.watch(u)
-                U = u
-                if len(cols) != c_all:   # one output column: its cotangent in a zero matrix
-                    U = u * tf.one_hot(cols[0], c_all, dtype=dt)[None]
-                g = self._tape.gradient(self._out, sources, output_gradients=U,
+                g = self._tape.gradient(self._out, sources, output_gradients=cotangent(u),
                                         unconnected_gradients=_ZERO)
             w = [scaled(tf.convert_to_tensor(gi), i) for gi, i in zip(g, taped)]
             return outer.gradient(g, u, output_gradients=w, unconnected_gradients=_ZERO)
@@ -283,7 +313,21 @@ class ForwardNTK:
                 return tf.zeros_like(u)
             return tf.cast(tf.add_n(terms), u.dtype)
 
-        return matvec
+        def quadratic_form(u: tf.Tensor) -> tf.Tensor:
+            uc = tf.cast(tf.convert_to_tensor(u), dt)
+            grads = []
+            for site, A, D in factors:
+                _, gk, gb = dense_vjp(site, A, D, uc)
+                grads += [(g, i) for g, i in ((gk, site.kernel_index), (gb, site.bias_index))
+                          if g is not None]
+            if taped:
+                g = self._tape.gradient(self._out, sources, output_gradients=cotangent(uc),
+                                        unconnected_gradients=_ZERO)
+                grads += [(tf.convert_to_tensor(gi), i) for gi, i in zip(g, taped)]
+            q = [tf.reduce_sum(tf.cast(g * scaled(g, i), tf.float64)) for g, i in grads]
+            return tf.add_n(q) if q else tf.constant(0.0, tf.float64)
+
+        return NTKOperator(matvec, quadratic_form)
 
     def matvec(self, u: tf.Tensor, inverse_preconditioner: Optional[Sequence[tf.Tensor]] = None
                ) -> tf.Tensor:
@@ -368,6 +412,7 @@ def _dot(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
 
 
 def top_eigenvalue(matvec: Callable[[tf.Tensor], tf.Tensor], v0: tf.Tensor, steps: int, *,
+                   quadratic_form: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
                    with_residual: bool = False):
     """Largest eigenvalue of a symmetric positive semi-definite operator by ``steps`` steps of
     Lanczos with full reorthogonalization, warm-started from ``v0``; traceable (a Python loop
@@ -397,9 +442,16 @@ def top_eigenvalue(matvec: Callable[[tf.Tensor], tf.Tensor], v0: tf.Tensor, step
             float64), e.g. :meth:`ForwardNTK.operator`.
         v0: the start vector, e.g. the previous step's returned ``v`` kept in a non-trainable
             ``tf.Variable``; its shape is the operator's vector shape (``(n, c)`` for the NTK).
-        steps: number of Lanczos steps (= products with ``K``), >= 1. With 1 it is the
-            Rayleigh quotient of ``v0`` and ``v`` is ``v0``.
-        with_residual: also return ``|K v - lambda_max v|``.
+        steps: number of Lanczos steps (the dimension ``m`` of the Krylov space; one product
+            with ``K`` each), >= 1. With 1 it is the Rayleigh quotient of ``v0`` and ``v`` is
+            ``v0``.
+        quadratic_form: optional ``v -> v^T K v`` cheaper than a product (e.g.
+            :meth:`NTKOperator.quadratic_form`, ``|J^T v|^2`` from the VJP alone): the last
+            basis vector needs only its diagonal entry of ``H`` (the others are in the stored
+            products), so the same Krylov space costs ``m - 1`` products and one quadratic
+            form (for the NTK, 2 m - 1 instead of 2 m weight-sized matrix products).
+        with_residual: also return ``|K v - lambda_max v|`` (not with ``quadratic_form``, which
+            leaves ``K v_m`` unknown).
 
     Returns:
         ``(lambda_max, v)``: the largest Ritz value (float64 scalar) and its unit Ritz vector
@@ -408,6 +460,9 @@ def top_eigenvalue(matvec: Callable[[tf.Tensor], tf.Tensor], v0: tf.Tensor, step
     """
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"`steps` must be an int >= 1; got {steps!r}.")
+    if with_residual and quadratic_form is not None:
+        raise ValueError("with_residual needs K v for every basis vector: it cannot be combined "
+                         "with quadratic_form.")
     v0 = tf.cast(tf.convert_to_tensor(v0), tf.float64)
     norm = tf.norm(v0)
     usable = (norm > 0) & tf.reduce_all(tf.math.is_finite(v0))
@@ -415,8 +470,12 @@ def top_eigenvalue(matvec: Callable[[tf.Tensor], tf.Tensor], v0: tf.Tensor, step
     safe = tf.where(usable, norm, tf.constant(1.0, tf.float64))
     v = tf.where(usable, v0 / safe, fallback / tf.norm(fallback))
     basis, products = [], []
+    last_diagonal = None
     for j in range(int(steps)):
         basis.append(v)
+        if quadratic_form is not None and j + 1 == steps:
+            last_diagonal = tf.cast(quadratic_form(v), tf.float64)
+            break
         w = tf.cast(matvec(v), tf.float64)
         products.append(w)
         if j + 1 == steps:
@@ -429,19 +488,24 @@ def top_eigenvalue(matvec: Callable[[tf.Tensor], tf.Tensor], v0: tf.Tensor, step
         # Breakdown below round-off of |K v_j|: the space is invariant, go on with zeros.
         ok = beta > 1e-10 * tf.norm(w)
         v = tf.where(ok, r / tf.where(ok, beta, tf.ones_like(beta)), tf.zeros_like(r))
-    m = len(basis)
-    H = tf.reshape(tf.stack([_dot(q, p) for q in basis for p in products]), (m, m))
+    m, p = len(basis), len(products)
+    # H = V^T K V from the stored products (entry (i, j) = <v_i, K v_j>, j < p); without the
+    # last product, its column is the transpose of its row and its diagonal the quadratic form.
+    E = [[_dot(basis[i], products[j]) for j in range(p)] for i in range(m)]
+    rows = [[E[i][j] if j < p else (E[j][i] if i < p else last_diagonal) for j in range(m)]
+            for i in range(m)]
+    H = tf.reshape(tf.stack([x for row in rows for x in row]), (m, m))
     H = 0.5 * (H + tf.transpose(H))
     evals, evecs = tf.linalg.eigh(H)
     s = evecs[:, -1]
     y = tf.add_n([s[i] * basis[i] for i in range(m)])
-    Ky = tf.add_n([s[i] * products[i] for i in range(m)])
     y_norm = tf.norm(y)
     # Sign convention: follow the warm start, so a stored vector does not flip from step to step.
     one = tf.constant(1.0, tf.float64)
     sign = tf.where(_dot(y, basis[0]) < 0, -one, one) / tf.where(y_norm > 0, y_norm, one)
-    y, Ky = y * sign, Ky * sign
+    y = y * sign
     lam = evals[-1]
     if with_residual:
+        Ky = tf.add_n([s[i] * products[i] for i in range(m)]) * sign
         return lam, y, tf.norm(Ky - lam * y)
     return lam, y
