@@ -126,6 +126,13 @@ class ForwardNTK:
     per-layer Grams: about two thirds of :func:`empirical_ntk`'s cost. The backward passes use
     the tensors of the recorded forward pass, so the weights may change in between (e.g. an
     optimizer step); ``K`` is that of the recorded weights.
+
+    At large batches ``lambda_max`` of ``K`` is cheaper matrix-free (:func:`prefer_matrix_free`;
+    at n = 2000 the dense ``K`` and its ``eigvalsh`` cost ~100 training steps)::
+
+        op = fnt.operator()                   # the same c backward passes, no Gram
+        lam, v = top_eigenvalue(op, v_prev, 2, quadratic_form=op.quadratic_form)
+        v_prev.assign(v)                      # warm start of the next step (a tf.Variable)
     """
 
     def __init__(self, model: keras.Model, outputs: Union[str, int] = "full"):
