@@ -15,6 +15,7 @@ Configurations (the train step ``model.fit`` runs, SGD, MSE, on the whole batch)
              ``tf.linalg.eigvalsh`` (what ``CriticalLRMonitor`` does today), then the forward
   lanczosK   + ``ForwardNTK.operator()`` and ``top_eigenvalue(..., steps=K)`` warm-started from the
              previous step's Ritz vector (a non-trainable ``tf.Variable``), then the forward
+             (lanczos1: the Rayleigh quotient of the warm start and a power step for the next)
   lanczosKq  the same Krylov space with the last product replaced by the operator's
              ``quadratic_form`` (K - 1 products and one VJP)
 
@@ -47,8 +48,8 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", ["gd2000", "fcn128"], "Rows to run (see the module docstring).")
-flags.DEFINE_list("configs", ["plain", "forward", "dense", "lanczos2q", "lanczos2", "lanczos4",
-                               "lanczos8"], "Configurations to time.")
+flags.DEFINE_list("configs", ["plain", "forward", "dense", "lanczos1", "lanczos2q", "lanczos2",
+                               "lanczos4", "lanczos8"], "Configurations to time.")
 flags.DEFINE_integer("repeats", 7, "Timed fits per configuration (interleaved).")
 flags.DEFINE_integer("steps", 5, "Training steps per timed fit.")
 flags.DEFINE_float("lr", 0.05, "SGD learning rate.")

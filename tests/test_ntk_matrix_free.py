@@ -182,6 +182,11 @@ def test_top_eigenvalue_converges_and_a_warm_start_needs_few_steps(rng):
     assert cold_err > 100 * max(warm_err, 1e-14)
     assert np.dot(warm_v.numpy()[:, 0], v.numpy()[:, 0]) > 0   # sign follows the warm start
     # The same Krylov space with the last product replaced by the quadratic form |J^T v|^2.
+    # One step: the Rayleigh quotient of the warm start and a power step towards the top.
+    lam_1, v_1, _ = ntk_lanczos(model, x, 1)(v.numpy())
+    err_1 = (evals2[-1] - lam_1.numpy()) / evals2[-1]
+    assert -1e-13 <= err_1 <= kps_bound(evals2, evecs2, v.numpy()[:, 0], 1) + 1e-13
+    assert abs(v_1.numpy()[:, 0] @ evecs2[:, -1]) > abs(v.numpy()[:, 0] @ evecs2[:, -1])
     lam_q, v_q = ntk_lanczos(model, x, steps, quadratic=True)(v.numpy())
     assert abs(lam_q.numpy() - warm_lam.numpy()) < 1e-12 * evals2[-1]
     assert np.max(np.abs(v_q.numpy() - warm_v.numpy())) < 1e-8

@@ -459,8 +459,11 @@ def top_eigenvalue(matvec: Callable[[tf.Tensor], tf.Tensor], v0: tf.Tensor, step
         v0: the start vector, e.g. the previous step's returned ``v`` kept in a non-trainable
             ``tf.Variable``; its shape is the operator's vector shape (``(n, c)`` for the NTK).
         steps: number of Lanczos steps (the dimension ``m`` of the Krylov space; one product
-            with ``K`` each), >= 1. With 1 it is the Rayleigh quotient of ``v0`` and ``v`` is
-            ``v0``.
+            with ``K`` each), >= 1. With 1 it is the Rayleigh quotient of ``v0`` (error
+            ``<= tan(phi)^2 (lambda_1 - lambda_min)``) and ``v`` the power step
+            ``K v0 / |K v0|`` (the Ritz vector would be ``v0`` itself, useless as the next
+            warm start): across training steps, a power iteration tracking the top
+            eigenvector at one product per step.
         quadratic_form: optional ``v -> v^T K v`` cheaper than a product (e.g.
             :meth:`NTKOperator.quadratic_form`, ``|J^T v|^2`` from the VJP alone): the last
             basis vector needs only its diagonal entry of ``H`` (the others are in the stored
@@ -521,6 +524,14 @@ def top_eigenvalue(matvec: Callable[[tf.Tensor], tf.Tensor], v0: tf.Tensor, step
     sign = tf.where(_dot(y, basis[0]) < 0, -one, one) / tf.where(y_norm > 0, y_norm, one)
     y = y * sign
     lam = evals[-1]
+    if m == 1 and p == 1:
+        # One step: return the power step as the next warm start (K v0 is already known).
+        Kv = products[0]
+        Kv_norm = tf.norm(Kv)
+        power = tf.where(Kv_norm > 0, Kv / tf.where(Kv_norm > 0, Kv_norm, one), y)
+        if with_residual:
+            return lam, power, tf.norm(Kv - lam * y)
+        return lam, power
     if with_residual:
         Ky = tf.add_n([s[i] * products[i] for i in range(m)]) * sign
         return lam, y, tf.norm(Ky - lam * y)
