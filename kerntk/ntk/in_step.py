@@ -398,10 +398,15 @@ def prefer_matrix_free(n: int, c: int, layers: Sequence[Sequence[int]], steps: i
 
     * ``fcn(2, 1024)``, d = 100: n = 128: 1.6 / 4.5 / 5.3, 8.9, 14.4; n = 256: 2.5 / 11.9 /
       9.9, 16.1, 29.2; n = 512: 3.2 / 98.6 / 20.5, 21.6, 54.5; n = 1024: 4.8 / 490 / 31, 51,
-      141; n = 2000: 11.4 / 3060 / 85, 129, 208. Crossover n ~ 256 (4 steps).
-    * ``fcn(5, 1024)``, d = 3072 (the reference fcn, batch 128): see the README table; dense
-      wins at batch 128 (each product costs two passes through 6.3 M weights, the Gram of 128
-      examples far less).
+      141; n = 2000: 11.4 / 3060 / 85, 129, 208. Crossover n ~ 256-384; the model says
+      between 256 and 384 at 4 steps, between 128 and 256 at 2.
+    * ``fcn(5, 1024)``, d = 3072 (the reference fcn): n = 128: 55 / 128 / 301, 463, 741;
+      n = 256: 100 / 251 / 528, 924, 1696; n = 512: 171 / 616 / 1051, 2194, 4252. Dense wins:
+      each product costs two passes through 6.3 M weights, the Gram of 512 examples less; the
+      model puts the crossover between n = 2400 and 3000 (4 steps).
+
+    (These Lanczos times predate storing the cotangents outputs-last, which cut ~30% off a
+    product at n = 2000; the crossovers move slightly down.)
 
     Args:
         n: batch size (examples).
