@@ -166,6 +166,13 @@ class ForwardNTK:
         with capture(self._sites), compat.override(model, "call", call):
             yield
 
+    @property
+    def outputs_recorded(self) -> tf.Tensor:
+        """The recorded outputs ``f`` ``(n, c)`` (all outputs flattened)."""
+        if self._tape is None:
+            raise ValueError("Nothing recorded: call the model inside `recording()` first.")
+        return self._out
+
     def kernel(self) -> Tuple[tf.Tensor, tf.Tensor]:
         """``(K, f)``: the float64 NTK (layout of ``outputs``) and the recorded outputs."""
         if self._tape is None:
@@ -181,6 +188,23 @@ class ForwardNTK:
         blocks = structured_blocks(active, per_output, None, False, self.outputs == "full",
                                     self._out.dtype.name)
         return tf.add_n(blocks), self._out
+
+    def matrix_free_min_batch(self, c: int, steps: int, limit: int = 1 << 17) -> Optional[int]:
+        """The smallest batch size at which :func:`prefer_matrix_free` prefers :meth:`operator`
+        and ``steps`` Lanczos steps to :meth:`kernel` and ``eigvalsh`` for this model (``c``
+        output units), or ``None`` when some trainable variable is not in a dense site (the cost
+        model covers dense layers only) or no batch up to ``limit`` qualifies. Static: usable
+        while tracing a step whose batch size is unknown."""
+        active, rest = coverage(self._sites, len(self._tvars))
+        if rest or not active or any(s.fact.kind != "dense" for s in active):
+            return None
+        layers = [tuple(int(d) for d in self._tvars[s.kernel_index].shape[-2:]) for s in active]
+        n = 8
+        while n <= limit:
+            if prefer_matrix_free(n, c, layers, steps):
+                return n
+            n = int(n * 1.25) + 1
+        return None
 
     def operator(self, inverse_preconditioner: Optional[Sequence[tf.Tensor]] = None
                  ) -> "NTKOperator":
