@@ -228,3 +228,42 @@ def test_matrix_free_lanczos_tracks_the_dense_sharpness(loss, steps, bound):
         assert np.all(np.diff(error[1:]) < 0) and error[-1] < 1e-5
     else:
         assert np.all(error[1:] < bound)
+
+
+def test_total_loss_spikes_over_the_training_set():
+    # Thesis Table 4.2 counts increases of the loss over the whole training set. Reference:
+    # a replay without the monitor that evaluates the training-set loss before every step.
+    keras.config.set_floatx("float32")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((48, 5)).astype("float32")
+    y = rng.standard_normal((48, 1)).astype("float32")
+
+    def build():
+        keras.utils.set_random_seed(3)
+        model = _mlp(1)
+        model.compile(keras.optimizers.SGD(0.3, momentum=0.9), loss="mse")
+        return model
+
+    class Totals(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.values = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.values.append(float(np.mean((self.model(x).numpy() - y) ** 2)))
+
+    monitor = CriticalLRMonitor(spike_data=(x, y))
+    history = build().fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
+                          callbacks=[monitor])
+    reference = Totals()
+    replay = build()
+    replay.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0, callbacks=[reference])
+    totals = reference.values + [float(np.mean((replay(x).numpy() - y) ** 2))]
+    np.testing.assert_allclose(monitor.history["total_loss"], totals[:-1], rtol=1e-5)
+    spikes = [b > a for a, b in zip(totals, totals[1:])]
+    assert monitor.history["total_spike"] == spikes and 0 < sum(spikes) < len(spikes)
+    assert history.history["total_loss_spikes"][-1] == sum(spikes)
+    events = monitor.history["event"]
+    matched = sum(s and e for s, e in zip(spikes, events))
+    np.testing.assert_allclose(monitor.history["total_spike_event_match_rate"][-1],
+                               matched / sum(spikes))

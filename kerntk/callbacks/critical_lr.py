@@ -63,10 +63,15 @@ class CriticalLRMonitor(keras.callbacks.Callback):
     * a **loss spike** when the monitored loss of ``X_t`` grows over the step,
       ``L(w_{t+1}; X_t) > (1 + spike_rtol) L(w_t; X_t)`` — computed here, since Keras batch logs
       hold running epoch means. ``spike_event_match_rate`` is the fraction of spikes that
-      coincide with an event (thesis Table 4.2), ``event_spike_rate`` the converse. (By the
-      descent lemma a step below ``eta_crit`` on a locally quadratic loss cannot raise its own
-      batch's loss, so this count is close to implied by an event; Table 4.2 counts increases
-      of the total training loss.)
+      coincide with an event, ``event_spike_rate`` the converse. (By the descent lemma a step
+      below ``eta_crit`` on a locally quadratic loss cannot raise its own batch's loss, so
+      this count is close to implied by an event.)
+    * with ``spike_data=(x, y)`` (the training set), a **total-loss spike** when the loss over
+      all of it grows over the step, ``L(w_{t+1}) > (1 + spike_rtol) L(w_t)``: the count of
+      thesis Table 4.2, matched with events (``eta > eta_crit(X_t)``):
+      ``total_loss_spikes``, ``total_spike_event_match_rate`` (spikes with an event / spikes),
+      ``event_total_spike_rate``, and ``total_loss`` (``L(w_t)``). Costs two forward passes
+      over ``spike_data`` per measured step.
 
     Logs (batch logs when measured, latest values in epoch logs): ``eta``, ``eta_crit``,
     ``eta_over_crit``, ``sharpness``, ``sharpness_threshold``, ``monitor_loss``,
@@ -117,6 +122,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             which ran. Measured at n = 2000 on ``fcn(2, 1024)`` (``benchmarks/in_step.py``):
             the measurement with 2 Lanczos steps ~1.7-2.7x a plain GD step, 4 steps
             ~2.6-4.9x, vs ~110x with the dense kernel.
+        spike_data: optional ``(x, y)``, the training set of the total-loss spikes (above).
         lanczos_steps: Lanczos steps per measurement (each one product; the last a
             vector-Jacobian product only). Accuracy measured against the dense value
             (``tests/test_monitor_setups.py``): MSE with one output, 2 steps: 8% low at the
@@ -132,7 +138,8 @@ class CriticalLRMonitor(keras.callbacks.Callback):
 
     def __init__(self, estimate: str = "auto", probe=None, every_n_steps: int = 1,
                  margin: float = 1.2, spike_rtol: float = 1e-6, loss=None, method: str = "auto",
-                 eigensolver: str = "auto", lanczos_steps: int = 4, log_dir=None, **removed):
+                 eigensolver: str = "auto", lanczos_steps: int = 4, spike_data=None,
+                 log_dir=None, **removed):
         require_tensorflow("kerntk.callbacks.CriticalLRMonitor")
         super().__init__()
         moved = sorted(set(removed) & _MOVED)
@@ -168,6 +175,16 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         if not is_integer(lanczos_steps) or lanczos_steps < 1:
             raise ValueError(f"`lanczos_steps` must be a positive integer; got "
                              f"{lanczos_steps!r}.")
+        self._spike = None
+        if spike_data is not None:
+            if not isinstance(spike_data, (tuple, list)) or len(spike_data) != 2:
+                raise ValueError("`spike_data` must be a tuple (x, y): the training set.")
+            sx = check_probe("spike_data x", spike_data[0])
+            sy = np.asarray(spike_data[1])
+            if sx.shape[0] != sy.shape[0]:
+                raise ValueError("`spike_data` x and y have different numbers of rows.")
+            self._spike = (tf.constant(sx), tf.constant(sy))
+        self.spike_data = spike_data
         self.loss, self.method = loss, method
         self.eigensolver, self.lanczos_steps = eigensolver, int(lanczos_steps)
         self.history: Dict[str, List[float]] = {}
@@ -249,9 +266,20 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         if self._loss_of is None:
             self._loss_of = spectral.output_loss(model, self.loss, output_shapes(model, xm))
 
+        def total(key):
+            """``{key: L(w; spike_data)}``, the loss over the whole ``spike_data`` now."""
+            if self._spike is None:
+                return {}
+            xs, ys = self._spike
+            return {key: self._mean_loss(ys, self._outputs(xs))}
+
         def after():
             """Record of ``w_{t+1}``: the loss of the same batch after the update."""
-            push(dict(step=iteration, loss_after=self._mean_loss(ym, self._outputs(xm))))
+            push(dict(step=iteration, loss_after=self._mean_loss(ym, self._outputs(xm)),
+                      **total("total_after")))
+
+        if self._spike is not None:  # the total loss at w_t, before the update
+            self._when_due(due, lambda: push(dict(step=iteration, **total("total_before"))))
 
         def before(K, f):
             """Record of ``w_t``: the sharpness from the kernel ``K`` (``J J^T``, or ``J P^-1
@@ -422,14 +450,14 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         self._first_step = self._step()
         self.history = {}
         self.counts = dict(catapult_events=0, catapults=0, catapults_margin=0, loss_spikes=0,
-                           matched=0)
+                           matched=0, total_loss_spikes=0, total_matched=0)
         self._in_event_run = False
         self._start_weights, self._start_step = None, None
         self._hook = TrainStepHook(owner=self)
         # estimate="ntk" records only scalars: a device-side buffer keeps jit_compile working.
         fields = (None if self.estimate == "hessian" else
                   ("step", "lr", "sharpness", "loss_before", "loss_after", "coupled",
-                   "matrix_free"))
+                   "matrix_free", "total_before", "total_after"))
         self._hook.install(self.model, self._graph_step, fields, fit=self.params)
 
     def on_train_end(self, logs=None):
@@ -471,15 +499,18 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             self.history.setdefault("matrix_free", []).append(
                 bool(record.get("matrix_free", 0) == 1))
             eta_crit = self._rule.critical_lr(sharp) if math.isfinite(sharp) else math.nan
+            totals = (float(record.get("total_before", math.nan)),
+                      float(record.get("total_after", math.nan)))
             self._update(step, float(record["lr"]), eta_crit, loss_before, loss_after, logs,
-                         sharp)
+                         sharp, totals)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.history:
             logs.update(self._latest)
 
     # ------------------------------------------------------------------ bookkeeping
-    def _update(self, step, eta, eta_crit, loss_before, loss_after, logs, sharp=math.nan):
+    def _update(self, step, eta, eta_crit, loss_before, loss_after, logs, sharp=math.nan,
+                totals=(math.nan, math.nan)):
         c = self.counts
         event = math.isfinite(eta_crit) and eta - eta_crit > 1e-8
         spike = not math.isfinite(loss_after) or loss_after > (1 + self.spike_rtol) * loss_before
@@ -489,6 +520,12 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         c["loss_spikes"] += spike
         c["matched"] += spike and event
         self._in_event_run = event
+        total_spike = None
+        if self._spike is not None:
+            before, after = totals
+            total_spike = not math.isfinite(after) or after > (1 + self.spike_rtol) * before
+            c["total_loss_spikes"] += total_spike
+            c["total_matched"] += total_spike and event
         values = dict(eta=eta, eta_crit=eta_crit, eta_over_crit=eta / eta_crit if eta_crit else
                       math.inf, monitor_loss=loss_before, sharpness=sharp,
                       sharpness_threshold=self._rule.threshold(eta),
@@ -498,8 +535,16 @@ class CriticalLRMonitor(keras.callbacks.Callback):
                       if c["loss_spikes"] else math.nan,
                       event_spike_rate=c["matched"] / c["catapult_events"]
                       if c["catapult_events"] else math.nan)
+        if total_spike is not None:
+            values.update(total_loss=totals[0], total_loss_spikes=c["total_loss_spikes"],
+                          total_spike_event_match_rate=c["total_matched"] /
+                          c["total_loss_spikes"] if c["total_loss_spikes"] else math.nan,
+                          event_total_spike_rate=c["total_matched"] / c["catapult_events"]
+                          if c["catapult_events"] else math.nan)
         self._latest = {k: float(v) for k, v in values.items()}
         h = self.history
+        if total_spike is not None:
+            h.setdefault("total_spike", []).append(bool(total_spike))
         h.setdefault("step", []).append(step)
         h.setdefault("event", []).append(bool(event))
         h.setdefault("spike", []).append(bool(spike))
