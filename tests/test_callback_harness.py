@@ -7,8 +7,7 @@ import pytest
 from kerntk.callbacks import (AGOPAlignmentLogger, CriticalLRMonitor, DivergenceGuard,
                               NTKSpectrumTracker)
 from tests.conftest import TEST_SEED
-from tests.callback_harness import (CASES, CallbackSpec, LogKeyCollision, StaleHook,
-                                    run_callback_test)
+from tests.callback_harness import CASES, CallbackSpec, StaleHook, run_callback_test
 
 TRACKER = CallbackSpec(
     "tracker",
@@ -40,16 +39,11 @@ _STALE_HOOK = (StaleHook, (
     "model.__dict__['train_step'] is still the hook's wrapper "
     "(_Chain.rebuild.<locals>.train_step): Keras skips on_train_end when fit raises, and the "
     "wrapper is removed only by the next fit's make_train_function"))
-_GUARD_RESTORES = (LogKeyCollision, (
-    "DivergenceGuard and CriticalLRMonitor both log 'guard_restores' (the guard's restores, "
-    "the monitor's own guard's restores): side by side, History and CSVLogger keep only the "
-    "value of the callback that runs last"))
 
 #: (spec, case, model kind) -> (the exception of a known contract failure, its exact symptom);
 #: xfail(strict, raises=...): any other failure of the case still fails.
 XFAIL = {(name, "no_stale_hook", kind): _STALE_HOOK
          for name in ("monitor", "guard") for kind in ("sequential", "functional", "subclassed")}
-XFAIL[("guard", "side_by_side", "sequential")] = _GUARD_RESTORES
 
 
 def _params(kinds, cases, specs=SPECS):

@@ -74,7 +74,8 @@ class CriticalLRMonitor(keras.callbacks.Callback):
       over ``spike_data`` per measured step.
 
     Logs (batch logs when measured, latest values in epoch logs): ``eta``, ``eta_crit``,
-    ``eta_over_crit``, ``sharpness``, ``sharpness_threshold``, ``monitor_loss``,
+    ``eta_over_crit``, ``sharpness``, ``sharpness_threshold``, ``matrix_free`` (1 when the
+    matrix-free Lanczos path measured, see ``eigensolver``), ``monitor_loss``,
     ``catapult_events``, ``catapults``, ``catapults_margin``, ``loss_spikes``,
     ``spike_event_match_rate``, ``event_spike_rate``. ``self.history`` keeps every measurement
     (lists keyed like the logs plus ``"step"`` (``optimizer.iterations`` before the update),
@@ -496,13 +497,11 @@ class CriticalLRMonitor(keras.callbacks.Callback):
                 continue
             loss_before, loss_after = float(record["loss_before"]), float(record["loss_after"])
             sharp = self._sharpness(record) if math.isfinite(loss_before) else math.nan
-            self.history.setdefault("matrix_free", []).append(
-                bool(record.get("matrix_free", 0) == 1))
             eta_crit = self._rule.critical_lr(sharp) if math.isfinite(sharp) else math.nan
             totals = (float(record.get("total_before", math.nan)),
                       float(record.get("total_after", math.nan)))
             self._update(step, float(record["lr"]), eta_crit, loss_before, loss_after, logs,
-                         sharp, totals)
+                         sharp, totals, float(record.get("matrix_free", 0) == 1))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.history:
@@ -510,7 +509,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ bookkeeping
     def _update(self, step, eta, eta_crit, loss_before, loss_after, logs, sharp=math.nan,
-                totals=(math.nan, math.nan)):
+                totals=(math.nan, math.nan), matrix_free=0.0):
         c = self.counts
         event = math.isfinite(eta_crit) and eta - eta_crit > 1e-8
         spike = not math.isfinite(loss_after) or loss_after > (1 + self.spike_rtol) * loss_before
@@ -528,7 +527,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             c["total_matched"] += total_spike and event
         values = dict(eta=eta, eta_crit=eta_crit, eta_over_crit=eta / eta_crit if eta_crit else
                       math.inf, monitor_loss=loss_before, sharpness=sharp,
-                      sharpness_threshold=self._rule.threshold(eta),
+                      sharpness_threshold=self._rule.threshold(eta), matrix_free=matrix_free,
                       catapult_events=c["catapult_events"], catapults=c["catapults"],
                       catapults_margin=c["catapults_margin"], loss_spikes=c["loss_spikes"],
                       spike_event_match_rate=c["matched"] / c["loss_spikes"]
