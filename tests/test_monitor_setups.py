@@ -268,3 +268,26 @@ def test_total_loss_spikes_over_the_training_set():
     matched = sum(s and e for s, e in zip(spikes, events))
     np.testing.assert_allclose(monitor.history["total_spike_event_match_rate"][-1],
                                matched / sum(spikes))
+
+
+def test_catapult_raise_under_adam_raises_relative_to_adams_own_critical_rate():
+    # Issue 11: under Adam the raise set the rate ~1000x the user's (an SGD eta_crit). It now
+    # sets factor x Adam's eta_crit = factor x (2 + 2 b1)/((1 - b1) sharpness), sharpness that
+    # of the preconditioned Gauss-Newton matrix.
+    from kerntk.callbacks import CatapultRaise
+    keras.config.set_floatx("float32")
+    x, y = _regression(64, 6)
+    keras.utils.set_random_seed(0)
+    model = _mlp(1)
+    model.compile(keras.optimizers.Adam(1e-4), loss="mse")
+    monitor = CriticalLRMonitor()
+    raiser = CatapultRaise(monitor, factor=1.2, max_raises=1, cooldown=3, stable_rtol=0.5)
+    model.fit(x, y, batch_size=64, epochs=8, shuffle=False, verbose=0,
+              callbacks=[monitor, raiser])
+    assert len(raiser.raises) == 1
+    raised = raiser.raises[0]
+    i = monitor.history["eta_crit"].index(raised["eta_crit"])
+    sharp = monitor.history["sharpness"][i]
+    np.testing.assert_allclose(raised["to"], 1.2 * 38.0 / sharp, rtol=1e-6)
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(raised["to"], rel=1e-6)
+    assert raised["to"] > 10 * 1.2 * 2.0 / sharp  # not the SGD number 2 / sharpness
