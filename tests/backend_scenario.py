@@ -219,6 +219,7 @@ def tensorflow_only() -> dict:
         "kerntk.callbacks.NTKSpectrumTracker": lambda: callbacks.NTKSpectrumTracker(x),
         "kerntk.callbacks.AGOPAlignmentLogger": lambda: callbacks.AGOPAlignmentLogger(x, ref),
         "kerntk.callbacks.CriticalLRMonitor": lambda: callbacks.CriticalLRMonitor(),
+        "kerntk.callbacks.DivergenceGuard": lambda: callbacks.DivergenceGuard(),
         "kerntk.models.TaylorModel": lambda: models.TaylorModel(model),
         "kerntk.models.linearize": lambda: models.linearize(model),
         "kerntk.models.quadratic": lambda: models.quadratic(model),

@@ -255,7 +255,7 @@ def test_the_guard_composes_with_an_in_step_monitor():
     # Both hooks wrap the step of one fit. The guard is transparent (it calls no forward
     # pass), so the monitor outside it still shares Keras' forward pass: same numbers.
     x, y = _data(24)
-    alone, outside = CriticalLRMonitor(guard=False), CriticalLRMonitor(guard=False)
+    alone, outside = CriticalLRMonitor(), CriticalLRMonitor()
     _net(keras.optimizers.SGD(0.05)).fit(x, y, batch_size=8, epochs=2, shuffle=False,
                                          verbose=0, callbacks=[alone])
     _net(keras.optimizers.SGD(0.05)).fit(x, y, batch_size=8, epochs=2, shuffle=False,
@@ -264,7 +264,7 @@ def test_the_guard_composes_with_an_in_step_monitor():
         np.testing.assert_array_equal(outside.history[key], alone.history[key])
     # With a bad batch each records every step, and the guard skips it.
     model = _net(keras.optimizers.SGD(0.05))
-    guard, monitor = DivergenceGuard(), CriticalLRMonitor(guard=False)
+    guard, monitor = DivergenceGuard(), CriticalLRMonitor()
     y = y.copy()
     y[9] = np.nan  # step 1
     with pytest.warns(RuntimeWarning, match="step 1"):

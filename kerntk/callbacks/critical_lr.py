@@ -120,7 +120,8 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             start's angle) or ``"auto"``: Lanczos past the batch size where its cost model
             (:func:`kerntk.ntk.in_step.prefer_matrix_free`, dense layers) says it is cheaper,
             when the loss Hessian is positive semi-definite. ``history["matrix_free"]`` says
-            which ran. Measured at n = 2000 on ``fcn(2, 1024)`` (``benchmarks/in_step.py``):
+            which ran. Under XLA (``jit_compile=True``) the dense path always runs: XLA
+            compiles no variable of unknown shape (the warm start). Measured at n = 2000 on ``fcn(2, 1024)`` (``benchmarks/in_step.py``):
             the measurement with 2 Lanczos steps ~1.7-2.7x a plain GD step, 4 steps
             ~2.6-4.9x, vs ~110x with the dense kernel.
         spike_data: optional ``(x, y)``, the training set of the total-loss spikes (above).
@@ -356,7 +357,9 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         H = spectral.loss_hessian_blocks(self._loss_of, ym, f64)
         c = int(f64.shape[1])
         n_star = None
-        if self.eigensolver == "lanczos":
+        if self.model.jit_compile:
+            pass  # XLA compiles no variable of unknown shape (the warm start): dense
+        elif self.eigensolver == "lanczos":
             n_star = 0
         elif self.eigensolver == "auto":
             n_star = recorder.matrix_free_min_batch(c, self.lanczos_steps)

@@ -229,6 +229,8 @@ def critical_lr(model=None, x=None, y=None, *, loss="mse", optimizer=None,
         return rule.critical_lr(2.0 * float(res.eigenvalues[0]) / rows)
     if model is None or x is None:
         raise ValueError("`model` and `x` are required (or a precomputed `kernel`).")
+    require_tensorflow("kerntk.spectral.critical_lr" if estimate != "hessian" else
+                       f"kerntk.spectral.critical_lr(method={estimate!r})")
     if estimate == "hessian" and y is None:
         raise ValueError("estimate='hessian' needs `model`, `x` and `y`.")
     if estimate == "gauss_newton" and y is None and not (loss is not None and is_mse(loss)):
