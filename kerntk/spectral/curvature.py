@@ -43,21 +43,6 @@ def _prepare_model(model, x, y=None):
     return tf, tv, ntv, xt, yt, dtype
 
 
-def _get_loss(loss):
-    import keras
-    import tensorflow as tf
-
-    fn = keras.losses.get(loss) if isinstance(loss, str) else loss
-    if not callable(fn):
-        raise ValueError(f"`loss` must be a Keras loss, a loss name or a callable; got {loss!r}.")
-
-    def scalar(y_true, y_pred):
-        # Per-sample values (e.g. keras.losses.mean_squared_error) are averaged over the batch,
-        # as Keras' default "sum_over_batch_size" reduction does.
-        return tf.reduce_mean(fn(y_true, y_pred))
-    return scalar
-
-
 def _flat_tools(tf, tv):
     shapes = [v.shape for v in tv]
     sizes = [int(np.prod(s)) for s in shapes]
@@ -111,7 +96,7 @@ def hessian_operator(model, loss, x, y, *, inverse_preconditioner=None) -> spla.
     require_tensorflow("kerntk.spectral.hessian_operator")
     from kerntk.ntk.forward import stateless_call
     tf, tv, ntv, xt, yt, dtype = _prepare_model(model, x, y)
-    loss_fn = _get_loss(loss)
+    loss_fn = _mean_loss(loss, curvature=False)
     P, unflatten, flatten = _flat_tools(tf, tv)
 
     @tf.function(reduce_retracing=True)
@@ -139,11 +124,12 @@ def gauss_newton_operator(model, loss, x, y, *,
     trainable weights and ``H_f = d^2 L / df^2`` the Hessian of the loss in the outputs (for Keras
     MSE, ``2/(n c) I``). ``J v`` by the double-VJP trick (``J v = d/du <J^T u, v>``), ``H_f`` by an
     output-space HVP, ``J^T`` by one VJP. Cost per product: about three backward passes.
+    ``inverse_preconditioner`` as in :func:`hessian_operator`.
     """
     require_tensorflow("kerntk.spectral.gauss_newton_operator")
     from kerntk.ntk.forward import stateless_call
     tf, tv, ntv, xt, yt, dtype = _prepare_model(model, x, y)
-    loss_fn = _get_loss(loss)
+    loss_fn = _mean_loss(loss, curvature=False)
     P, unflatten, flatten = _flat_tools(tf, tv)
 
     @tf.function(reduce_retracing=True)
@@ -214,9 +200,10 @@ def gauss_newton_top_eigenpairs(model, loss, x, y, k: int = 1, *, tol: Optional[
 
 # --------------------------------------------------------------------------- output-space curvature
 
-def _mean_loss(loss):
+def _mean_loss(loss, curvature: bool = True):
     """``(y, pred) -> scalar`` for one Keras loss (object, name or function), averaged over
-    the batch as Keras' default ``"sum_over_batch_size"`` does, computed in ``pred``'s dtype."""
+    the batch as Keras' default ``"sum_over_batch_size"`` does, computed in ``pred``'s dtype.
+    ``curvature``: refuse the mean absolute error (for a critical learning rate)."""
     import keras
     import tensorflow as tf
 
@@ -225,8 +212,9 @@ def _mean_loss(loss):
     obj = keras.losses.get(loss) if isinstance(loss, str) else loss
     if not callable(obj):
         raise ValueError(f"`loss` must be a Keras loss, a loss name or a callable; got {loss!r}.")
-    if isinstance(obj, keras.losses.MeanAbsoluteError) or obj is keras.losses.mean_absolute_error \
-            or (isinstance(loss, str) and loss.lower() in ("mae", "mean_absolute_error")):
+    if curvature and (isinstance(obj, keras.losses.MeanAbsoluteError)
+                      or obj is keras.losses.mean_absolute_error
+                      or (isinstance(loss, str) and loss.lower() in ("mae", "mean_absolute_error"))):
         raise ValueError("The mean absolute error has no curvature (its Hessian is zero almost "
                          "everywhere): no critical learning rate exists for it.")
     reduction = getattr(obj, "reduction", "sum_over_batch_size")
