@@ -454,7 +454,9 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         self._first_step = self._step()
         self.history = {}
         self.counts = dict(catapult_events=0, catapults=0, catapults_margin=0, loss_spikes=0,
-                           matched=0, total_loss_spikes=0, total_matched=0)
+                           matched=0)
+        if self._spike is not None:
+            self.counts.update(total_loss_spikes=0, total_matched=0)
         self._in_event_run = False
         self._start_weights, self._start_step = None, None
         self._hook = TrainStepHook(owner=self)
