@@ -41,6 +41,20 @@ def check_probe(name: str, x) -> np.ndarray:
     return checks.inputs(name, x)
 
 
+def copy_values(variables) -> list:
+    """Tensor copies of the variables' current values (they survive later in-place updates);
+    eagerly or inside a traced step."""
+    import tensorflow as tf
+
+    return [tf.identity(v.value) for v in variables]
+
+
+def assign_values(variables, values) -> None:
+    """Assigns ``values`` (e.g. from :func:`copy_values`) back to ``variables``."""
+    for v, t in zip(variables, values):
+        v.assign(t)
+
+
 def full_precision(model: keras.Model):
     """Context in which ``model`` computes in float32 (float64 for a float64 model): a
     ``mixed_float16``/``mixed_bfloat16`` model's forward passes, input gradients and predictions

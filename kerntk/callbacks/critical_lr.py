@@ -7,7 +7,6 @@ Thesis Ch. 3-4: GD on MSE catapults when ``eta > eta_crit = 2/lambda_max(H_L)``;
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Dict, List, Optional
 
 import keras
@@ -18,7 +17,7 @@ from kerntk import spectral
 from kerntk._backend import require_tensorflow
 from kerntk._validation import is_integer, is_real
 from kerntk.callbacks._summary import summary_log
-from kerntk.callbacks.base import check_probe
+from kerntk.callbacks.base import assign_values, check_probe, copy_values
 from kerntk.callbacks.train_step_hook import TrainStepHook
 from kerntk.ntk import empirical as ntk_empirical
 from kerntk.ntk.forward import (batch_mixing_layers, compute_dtype, forward, output_shapes,
@@ -30,11 +29,6 @@ from kerntk.ntk.traced import kernel_graph
 ESTIMATES = ("auto", "ntk", "gauss_newton", "hessian")
 # Arguments of the monitor before measurement and control were split (issue 11).
 _MOVED = {"raise_policy", "guard", "guard_factor", "patience", "backoff"}
-
-
-def _copy(variables) -> list:
-    """Tensor copies of the variables' current values (they survive later in-place updates)."""
-    return [tf.identity(v.value) for v in variables]
 
 
 class CriticalLRMonitor(keras.callbacks.Callback):
@@ -204,10 +198,6 @@ class CriticalLRMonitor(keras.callbacks.Callback):
     def _optimizer(self):
         return self.model.optimizer
 
-    def _assign(self, variables, values) -> None:
-        for v, t in zip(variables, values):
-            v.assign(t)
-
     def _step(self) -> int:
         return int(keras.ops.convert_to_numpy(self._optimizer.iterations))
 
@@ -363,12 +353,14 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             n_star = 0
         elif self.eigensolver == "auto":
             n_star = recorder.matrix_free_min_batch(c, self.lanczos_steps)
-        if n_star is None:
+
+        def dense():
             K, _ = recorder.kernel()
-            return dict(sharpness=spectral.gauss_newton_sharpness(K, H),
-                        matrix_free=tf.constant(0.0, tf.float64))
-        H = 0.5 * (H + tf.linalg.matrix_transpose(H))
-        s, U = tf.linalg.eigh(H)
+            return spectral.gauss_newton_sharpness(K, H)
+
+        if n_star is None:
+            return dict(sharpness=dense(), matrix_free=tf.constant(0.0, tf.float64))
+        s, U = tf.linalg.eigh(0.5 * (H + tf.linalg.matrix_transpose(H)))
         # Positive semi-definite up to round-off (softmax cross-entropy has an exact zero).
         tol = 1e-10 * tf.reduce_max(tf.abs(s))
         use_free = ((tf.shape(f64)[0] >= n_star) & tf.reduce_all(s >= -tol)
@@ -397,10 +389,6 @@ class CriticalLRMonitor(keras.callbacks.Callback):
                     self._warm_size.assign(size, read_value=False)]):
                 return tf.maximum(tf.identity(lam), tf.constant(0.0, tf.float64))
 
-        def dense():
-            K, _ = recorder.kernel()
-            return spectral.gauss_newton_sharpness(K, H)
-
         return dict(sharpness=tf.cond(use_free, free, dense),
                     matrix_free=tf.cast(use_free, tf.float64))
 
@@ -422,14 +410,14 @@ class CriticalLRMonitor(keras.callbacks.Callback):
                                  "batch (f(x[:2]) != f(x)[:2]) through layers kerntk does not "
                                  "know; use estimate='hessian'.")
             return float(record["sharpness"])
-        end_weights = _copy(self._weights())
-        self._assign(self._weights(), self._start_weights)  # Lanczos at w_t
+        end_weights = copy_values(self._weights())
+        assign_values(self._weights(), self._start_weights)  # Lanczos at w_t
         try:
             return spectral.sharpness(self.model, record["x"], record["y"], loss=self.loss,
                                       optimizer=self._optimizer, estimate="hessian",
                                       training=False)
         finally:
-            self._assign(self._weights(), end_weights)
+            assign_values(self._weights(), end_weights)
 
     # ------------------------------------------------------------------ Keras hooks
     def on_train_begin(self, logs=None):
@@ -482,7 +470,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
         # step of a steps_per_execution block has them.
         step = self._step()
         due = step % self.every_n_steps == 0
-        self._start_weights = _copy(self._weights()) if due else None
+        self._start_weights = copy_values(self._weights()) if due else None
         self._start_step = step
 
     def on_train_batch_end(self, batch, logs=None):

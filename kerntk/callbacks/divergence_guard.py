@@ -18,20 +18,11 @@ import tensorflow as tf
 from kerntk import _keras_compat as compat
 from kerntk._backend import require_tensorflow
 from kerntk._validation import is_integer, is_real
+from kerntk.callbacks.base import assign_values, copy_values
 from kerntk.callbacks.train_step_hook import TrainStepHook
 
 # Scalars each step sends to the host (through the hook's device-side buffer: XLA-compatible).
 FIELDS = ("step", "data_finite", "loss", "loss_known", "state_finite")
-
-
-def _copy(variables) -> List[tf.Tensor]:
-    """Tensor copies of the variables' current values (they survive later in-place updates)."""
-    return [tf.identity(v.value) for v in variables]
-
-
-def _assign(variables, values) -> None:
-    for v, t in zip(variables, values):
-        v.assign(t)
 
 
 def _unique(variables) -> list:
@@ -151,9 +142,9 @@ class DivergenceGuard(keras.callbacks.Callback):
     def _take_snapshot(self, loss: Optional[float], epoch: Optional[int]) -> None:
         """Snapshot of the state now; ``epoch`` is the epoch its metrics belong to (``None``
         before the first: Keras resets them only at each epoch's start)."""
-        self._snapshot = dict(weights=_copy(self._weights()),
-                              optimizer=_copy(self._optimizer_variables()),
-                              metrics=_copy(self.model.metrics_variables), epoch=epoch,
+        self._snapshot = dict(weights=copy_values(self._weights()),
+                              optimizer=copy_values(self._optimizer_variables()),
+                              metrics=copy_values(self.model.metrics_variables), epoch=epoch,
                               step=self._last_step, loss=loss, lr=self._lr())
         if loss is not None and math.isfinite(loss):
             self._reference = loss if self._reference is None else min(self._reference, loss)
@@ -162,10 +153,10 @@ class DivergenceGuard(keras.callbacks.Callback):
 
     def _restore(self) -> None:
         snap = self._snapshot
-        _assign(self._weights(), snap["weights"])
-        _assign(self._optimizer_variables(), snap["optimizer"])
+        assign_values(self._weights(), snap["weights"])
+        assign_values(self._optimizer_variables(), snap["optimizer"])
         if snap["epoch"] == self._epoch:
-            _assign(self.model.metrics_variables, snap["metrics"])
+            assign_values(self.model.metrics_variables, snap["metrics"])
         else:  # the steps of this epoch so far are all undone
             self.model.reset_metrics()
 
@@ -181,16 +172,16 @@ class DivergenceGuard(keras.callbacks.Callback):
                 tf.distribute.ReduceOp.MIN, tf.cast(data_ok, tf.int32)) > 0
         state = _unique(list(model.weights) + list(model.optimizer.variables)
                         + list(model.metrics_variables))
-        saved = _copy(state)
+        saved = copy_values(state)
         tracker = compat.loss_tracker(model)
-        before = _copy([tracker.total, tracker.count]) if tracker is not None else None
+        before = copy_values([tracker.total, tracker.count]) if tracker is not None else None
         logs = train_step(data)
         loss, known = self._batch_loss(tracker, before, logs)
         state_ok = _all_finite([v.value for v in list(model.trainable_variables)
                                 + list(model.optimizer.variables)])
 
         def undo():
-            _assign(state, saved)
+            assign_values(state, saved)
             return tf.constant(False)
 
         tf.cond(data_ok, lambda: tf.constant(True), undo)
