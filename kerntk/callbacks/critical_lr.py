@@ -433,7 +433,7 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             # would at the first update, after this hook).
             self.model.optimizer.build(self.model.trainable_variables)
         self._dtype = resolve_dtype(self.model, None)
-        self._training = spectral.critical._resolve_training(self.model, None)
+        self._training = spectral.critical.resolve_training(self.model, None)
         self._coupled = bool(batch_mixing_layers(self.model, self._training))
         self._loss_of = None  # built at the first trace (the outputs' shapes need a batch)
         self._warm_start.assign(tf.zeros((0,), tf.float64))

@@ -83,7 +83,7 @@ def batch_sharpness(model, x, y, loss_of, inverse_p, training: bool, method: str
     return gauss_newton_sharpness(K, H), f
 
 
-def _resolve_training(model, training: Optional[bool]) -> bool:
+def resolve_training(model, training: Optional[bool]) -> bool:
     """``None``: the mode ``fit`` trains where it changes the kernel's meaning (layers that
     couple the batch, e.g. BatchNormalization, use batch statistics in ``fit``), inference
     mode otherwise (Dropout off)."""
@@ -123,13 +123,15 @@ def sharpness(model, x, y=None, *, loss="mse", optimizer=None, estimate: str = "
         estimate = "gauss_newton"  # the same number for MSE, with the metric P^-1
     if y is None and not mse:
         raise ValueError(f"estimate={estimate!r} with this loss needs the targets `y`.")
-    _prepare_model(model, x)
-    training = _resolve_training(model, training)
+    operator = estimate == "hessian" or (matrix_free and estimate == "gauss_newton")
+    if not operator:
+        _prepare_model(model, x)  # the operators validate and build the model themselves
+    training = resolve_training(model, training)
     x = np.asarray(x)
     inv_p = None
     if rule.preconditioned:
         inv_p = inverse_preconditioner(optimizer, model.trainable_variables)
-    if estimate == "hessian" or (matrix_free and estimate == "gauss_newton"):
+    if operator:
         if training:
             raise ValueError("estimate='hessian' and matrix_free run the model in inference "
                              "mode; pass training=False (or use the dense Gauss-Newton "

@@ -43,17 +43,38 @@ def _prepare_model(model, x, y=None):
     return tf, tv, ntv, xt, yt, dtype
 
 
-def _flat_tools(tf, tv):
-    shapes = [v.shape for v in tv]
-    sizes = [int(np.prod(s)) for s in shapes]
+class _Setup:
+    """What the parameter-space operators share: the model's weights as plain tensors, the
+    batch, the mean loss, and the flattening of the weights (``model.trainable_variables``
+    order)."""
 
-    def unflatten(vec):
-        parts = tf.split(vec, sizes)
-        return [tf.reshape(p, s) for p, s in zip(parts, shapes)]
+    def __init__(self, model, loss, x, y):
+        from kerntk.ntk.forward import stateless_call
 
-    def flatten(ts):
-        return tf.concat([tf.reshape(t, [-1]) for t in ts], axis=0)
-    return sum(sizes), unflatten, flatten
+        self.tf, self.tv, self.ntv, self.x, self.y, self.dtype = _prepare_model(model, x, y)
+        self.loss_fn = _mean_loss(loss, curvature=False)
+        self.shapes = [v.shape for v in self.tv]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.model, self.stateless_call = model, stateless_call
+
+    def forward(self):
+        """``model(x)`` in inference mode from the plain weight tensors."""
+        out, _ = self.stateless_call(self.model, self.tv, self.ntv, self.x, False)
+        return out
+
+    def unflatten(self, vec):
+        parts = self.tf.split(vec, self.sizes)
+        return [self.tf.reshape(p, s) for p, s in zip(parts, self.shapes)]
+
+    def flatten(self, ts):
+        return self.tf.concat([self.tf.reshape(t, [-1]) for t in ts], axis=0)
+
+    def operator(self, product, inverse_preconditioner) -> spla.LinearOperator:
+        """The scipy operator of the traced ``product`` (flat vector -> flat vector)."""
+        tf = self.tf
+        op = _param_operator(lambda v: product(tf.constant(v)).numpy(), sum(self.sizes),
+                             tf.as_dtype(self.dtype))
+        return _precondition(op, inverse_preconditioner)
 
 
 def _param_operator(product, P: int, dtype) -> spla.LinearOperator:
@@ -94,26 +115,22 @@ def hessian_operator(model, loss, x, y, *, inverse_preconditioner=None) -> spla.
     :func:`kerntk.spectral.stability.inverse_preconditioner`) gives ``P^{-1/2} H_L P^{-1/2}``.
     """
     require_tensorflow("kerntk.spectral.hessian_operator")
-    from kerntk.ntk.forward import stateless_call
-    tf, tv, ntv, xt, yt, dtype = _prepare_model(model, x, y)
-    loss_fn = _mean_loss(loss, curvature=False)
-    P, unflatten, flatten = _flat_tools(tf, tv)
+    setup = _Setup(model, loss, x, y)
+    tf, tv = setup.tf, setup.tv
 
     @tf.function(reduce_retracing=True)
     def hvp(vec):
-        vs = unflatten(vec)
+        vs = setup.unflatten(vec)
         with tf.GradientTape() as outer:
             outer.watch(tv)
             with tf.GradientTape() as inner:
                 inner.watch(tv)
-                out, _ = stateless_call(model, tv, ntv, xt, False)
-                L = loss_fn(yt, out)
+                L = setup.loss_fn(setup.y, setup.forward())
             g = inner.gradient(L, tv, unconnected_gradients="zero")
             gv = tf.add_n([tf.reduce_sum(gi * vi) for gi, vi in zip(g, vs)])
-        return flatten(outer.gradient(gv, tv, unconnected_gradients="zero"))
+        return setup.flatten(outer.gradient(gv, tv, unconnected_gradients="zero"))
 
-    return _precondition(_param_operator(lambda v: hvp(tf.constant(v)).numpy(), P,
-                                         tf.as_dtype(dtype)), inverse_preconditioner)
+    return setup.operator(hvp, inverse_preconditioner)
 
 
 def gauss_newton_operator(model, loss, x, y, *,
@@ -127,17 +144,15 @@ def gauss_newton_operator(model, loss, x, y, *,
     ``inverse_preconditioner`` as in :func:`hessian_operator`.
     """
     require_tensorflow("kerntk.spectral.gauss_newton_operator")
-    from kerntk.ntk.forward import stateless_call
-    tf, tv, ntv, xt, yt, dtype = _prepare_model(model, x, y)
-    loss_fn = _mean_loss(loss, curvature=False)
-    P, unflatten, flatten = _flat_tools(tf, tv)
+    setup = _Setup(model, loss, x, y)
+    tf, tv = setup.tf, setup.tv
 
     @tf.function(reduce_retracing=True)
     def gnvp(vec):
-        vs = unflatten(vec)
+        vs = setup.unflatten(vec)
         with tf.GradientTape(persistent=True) as t_w:
             t_w.watch(tv)
-            out, _ = stateless_call(model, tv, ntv, xt, False)
+            out = setup.forward()
         u = tf.zeros_like(out)
         with tf.GradientTape() as t_u:
             t_u.watch(u)
@@ -149,16 +164,15 @@ def gauss_newton_operator(model, loss, x, y, *,
             t2.watch(f)
             with tf.GradientTape() as t1:
                 t1.watch(f)
-                L = loss_fn(yt, f)
+                L = setup.loss_fn(setup.y, f)
             gl = t1.gradient(L, f)
-            s = tf.reduce_sum(gl * jv)
-        hjv = t2.gradient(s, f, unconnected_gradients="zero")
+            quad = tf.reduce_sum(gl * jv)
+        hjv = t2.gradient(quad, f, unconnected_gradients="zero")
         res = t_w.gradient(out, tv, output_gradients=hjv, unconnected_gradients="zero")
         del t_w
-        return flatten(res)
+        return setup.flatten(res)
 
-    return _precondition(_param_operator(lambda v: gnvp(tf.constant(v)).numpy(), P,
-                                         tf.as_dtype(dtype)), inverse_preconditioner)
+    return setup.operator(gnvp, inverse_preconditioner)
 
 
 def hessian_top_eigenpairs(model, loss, x, y, k: int = 1, *, which: str = "LA",
