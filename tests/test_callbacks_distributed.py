@@ -16,6 +16,7 @@ import kerntk
 
 SCENARIO = os.path.join(os.path.dirname(__file__), "distributed_callbacks_scenario.py")
 EPOCHS = 4
+GUARD_EPOCHS = 12
 
 
 def _launch(weights_path, replicas):
@@ -50,7 +51,8 @@ def test_callbacks_under_mirrored_strategy_match_single_device(tmp_path):
     loss0 = float(np.mean((np.asarray(model(x)) - y) ** 2))
     path = tmp_path / "scenario.npz"
     np.savez(path, x=x, y=y, probe=x[:8], n_weights=len(weights), lr=0.5 * eta_crit0,
-             epochs=EPOCHS, **{f"w{i}": w for i, w in enumerate(weights)})
+             epochs=EPOCHS, guard_lr=4.0 * eta_crit0, guard_epochs=GUARD_EPOCHS,
+             **{f"w{i}": w for i, w in enumerate(weights)})
 
     procs = [_launch(path, 1), _launch(path, 2)]
     single, mirrored = (_result(p) for p in procs)
@@ -78,3 +80,21 @@ def test_callbacks_under_mirrored_strategy_match_single_device(tmp_path):
     # Training moved the model (the comparison is not between two frozen runs).
     assert single["tracker"]["ntk_drift"][-1] > 1e-3
     assert single["monitor"]["monitor_loss"][-1] < loss0
+
+    # DivergenceGuard: at 4 eta_crit (heavy ball 0.5: stable below 3 eta_crit) the loss explodes; the guard restores the start (weights and
+    # momentum) and backs the rate off (x 0.1 per restore, compounding) to where it trains (a rate well inside the stable range, so the run does not hinge on round-off); every
+    # second batch has a NaN row and is skipped (under the strategy the NaN is on one replica's
+    # shard: both replicas undo the step). Under the strategy it restores and skips at the same
+    # steps and ends at the same rate and weights.
+    for run in (single, mirrored):
+        assert run["guard_skipped"] and all(s % 2 == 1 for s in run["guard_skipped"])
+        assert run["guard_restores"], "the rate 4 eta_crit did not diverge"
+        assert all(np.isfinite(w).all() for w in map(np.asarray, run["guard_weights"]))
+        k = len(run["guard_restores"])
+        np.testing.assert_allclose(run["guard_lr"], 4.0 * eta_crit0 * 0.1 ** k, rtol=1e-6)
+        assert run["guard_loss"][-1] < loss0
+    assert mirrored["guard_skipped"] == single["guard_skipped"]
+    assert ([r["step"] for r in mirrored["guard_restores"]]
+            == [r["step"] for r in single["guard_restores"]])
+    for w1, w2 in zip(single["guard_weights"], mirrored["guard_weights"]):
+        np.testing.assert_allclose(w2, w1, rtol=1e-4, atol=1e-5)

@@ -46,6 +46,41 @@ def _host_finite(variables) -> bool:
                if np.issubdtype(np.dtype(v.dtype), np.floating))
 
 
+def _undo_unless(ok: tf.Tensor, variables: list, saved: list) -> None:
+    """In the traced step: assigns ``saved`` back to ``variables`` unless ``ok``.
+
+    One device: a ``tf.cond``. Under a ``tf.distribute`` strategy (replica context) a mirrored
+    variable cannot be assigned inside control flow (its assignment is a cross-replica
+    ``merge_call``): every variable is assigned ``where(ok, current, saved)``, mirrored ones
+    through ``merge_call`` + ``extended.update`` as Keras' optimizer does, sync-on-read ones
+    (metrics) per replica. ``ok`` is the same on every replica (all-reduced by the caller)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        def undo():
+            assign_values(variables, saved)
+            return tf.constant(False)
+
+        tf.cond(ok, lambda: tf.constant(True), undo)
+        return
+    on_read = tf.VariableSynchronization.ON_READ
+    mirrored = []
+    for v, value in zip(variables, saved):
+        var = v.value if isinstance(v, keras.Variable) else v
+        if getattr(var, "synchronization", None) == on_read:
+            var.assign(tf.where(ok, var.read_value(), value))
+        else:
+            mirrored.append((var, value))
+
+    def update(var, value, keep):
+        return var.assign(tf.where(keep, var.read_value(), value))
+
+    def merge(strategy, keep, pairs):
+        for var, value in pairs:
+            strategy.extended.update(var, update, args=(value, keep), group=False)
+
+    context.merge_call(merge, args=(ok, mirrored))
+
+
 class DivergenceGuard(keras.callbacks.Callback):
     """Keeps a run finite: skips batches with non-finite data, and rolls a diverging learning
     rate back to the latest healthy snapshot with a smaller rate.
@@ -167,9 +202,10 @@ class DivergenceGuard(keras.callbacks.Callback):
         model = self.model
         data_ok = _all_finite(tf.nest.flatten(data))
         if model.distribute_strategy.num_replicas_in_sync > 1:
-            # The update is all-reduced: one bad shard spoils every replica's update.
+            # The update is all-reduced: one bad shard spoils every replica's update. (ReduceOp
+            # has SUM and MEAN only: count the bad shards.)
             data_ok = tf.distribute.get_replica_context().all_reduce(
-                tf.distribute.ReduceOp.MIN, tf.cast(data_ok, tf.int32)) > 0
+                tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(data_ok), tf.int32)) == 0
         state = _unique(list(model.weights) + list(model.optimizer.variables)
                         + list(model.metrics_variables))
         saved = copy_values(state)
@@ -180,11 +216,7 @@ class DivergenceGuard(keras.callbacks.Callback):
         state_ok = _all_finite([v.value for v in list(model.trainable_variables)
                                 + list(model.optimizer.variables)])
 
-        def undo():
-            assign_values(state, saved)
-            return tf.constant(False)
-
-        tf.cond(data_ok, lambda: tf.constant(True), undo)
+        _undo_unless(data_ok, state, saved)
         step = self._counter.assign_add(1) - 1
         push(dict(step=step, data_finite=data_ok, loss=loss, loss_known=known,
                   state_finite=state_ok))
