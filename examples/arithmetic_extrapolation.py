@@ -197,6 +197,11 @@ def main(argv):
         f"paper's fit is out of reach in this session's CPU time)",
         "conv nets: 2x2 average pooling after each convolution (the paper's pooling is not "
         "stated in our copy)"]
+    reduced = [f"--{f}={FLAGS[f].value} (default {FLAGS[f].default})"
+               for f in ("n_train", "epochs", "channels", "width")
+               if FLAGS[f].value != FLAGS[f].default]
+    if reduced and not FLAGS.smoke:
+        deviations.append(f"run with {', '.join(reduced)} (CPU time, see above)")
     if folds < 3:
         deviations.append(f"{folds} fold(s) of the paper's 3 (CPU time, see above)")
     setting = {

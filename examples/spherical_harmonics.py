@@ -190,6 +190,11 @@ def main(argv):
             "the paper's appendix E (sphere dimension, sample size, width, optimizer, steps) is "
             "not in our copy: all are our choices (A_k = 1)",
             "a ReLU fcn is added as the baseline of Thm 7 (Fig. 5 shows PNNs only)"]}
+    reduced = [f"--{f}={FLAGS[f].value} (default {FLAGS[f].default})" for f in ("width", "steps")
+               if FLAGS[f].value != FLAGS[f].default]
+    if reduced and not FLAGS.smoke:
+        setting["deviations"].append(f"run with {', '.join(reduced)} to fit this session's CPU "
+                                     f"time on the shared 2-core machine")
     _common.write_results(NAME, setting=setting, config=_common.flag_values(), claims=claims,
                           results=results)
     _common.save_figure(_plot(histories), NAME)
