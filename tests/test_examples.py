@@ -164,44 +164,8 @@ def test_agop_batch_size(tmp_path):
         assert e["catapults_mean"] <= e["catapult_events_mean"]
 
 
-# --------------------------------------------------------------- paper 000 (trainers 6-9)
-def test_extrapolation(tmp_path):
-    r, _ = run_smoke("extrapolation", "extrapolation", tmp_path, expect="Extrapolation MSE")
-    for name in ("cubic", "cos2x"):
-        assert {"fcn", "pnn", "ntk_fcn", "ntk_pnn"} <= set(r[name])
-        assert r[name]["fcn"]["extrapolation_mse"] >= 0
-    assert {"pnn_all_directions", "pnn_positive_only", "fcn_all_directions"} <= set(
-        r["sum_squares"])
-
-
-def test_brightness_extrapolation(tmp_path):
-    r, _ = run_smoke("brightness_extrapolation", "brightness_extrapolation", tmp_path,
-                     expect="accuracy at r_max")
-    for name in ("mnist", "fashion_mnist"):
-        for key in ("NN", "NN-Hp"):
-            acc = r[name][key]["test_accuracy"]
-            assert len(acc) == len(r["r_max"]) and all(0 <= a <= 1 for a in acc)
-
-
-def test_arithmetic_extrapolation(tmp_path):
-    r, _ = run_smoke("arithmetic_extrapolation", "arithmetic_extrapolation", tmp_path,
-                     expect="extrapolation")
-    assert set(r["summary"]) == {"NN (Dense)", "NN-Hp (Dense)", "NN (Conv)", "NN-Hp (Conv)"}
-    for model in r["summary"].values():
-        for split in ("interpolation", "extrapolation"):
-            rounding, floor_ceiling, pm1 = (model[split][m]["mean"]
-                                            for m in ("rounding", "floor_ceiling", "pm1"))
-            # Rounding correct implies floor or ceiling correct implies within +-1.
-            assert 0 <= rounding <= floor_ceiling <= pm1 <= 1
-
-
-def test_spherical_harmonics(tmp_path):
-    r, _ = run_smoke("spherical_harmonics", "spherical_harmonics", tmp_path,
-                     expect="final |c_k|")
-    assert set(r["models"]) == {"PNN N=3", "PNN N=6", "PNN N=9", "fcn"}
-    for m in r["models"].values():
-        assert m["lr"] > 0
-        assert set(m["per_frequency"]) == {"1", "3", "4", "5", "8", "12"}
+# Paper 000 (extrapolation, brightness, arithmetic, spherical harmonics, eigenvalue decay):
+# tests/test_examples_polynomial.py.
 
 
 # --------------------------------------------------------------- DAG (issue 5), Taylor (issue 7)
