@@ -155,15 +155,6 @@ def test_sgd_spikes(tmp_path):
     assert "match rate" in stdout or run["loss_spikes"] == 0
 
 
-def test_agop_batch_size(tmp_path):
-    summary, _ = run_smoke("agop_batch_size", "agop_batch_size", tmp_path)
-    sizes = [e["batch_size"] for e in summary["by_batch_size"]]
-    assert sizes == sorted(sizes, reverse=True) and len(sizes) == 2
-    for e in summary["by_batch_size"]:
-        assert -1 <= e["agop_alignment_mean"] <= 1
-        assert e["catapults_mean"] <= e["catapult_events_mean"]
-
-
 # --------------------------------------------------------------- paper 000 (trainers 6-9)
 def test_extrapolation(tmp_path):
     r, _ = run_smoke("extrapolation", "extrapolation", tmp_path, expect="Extrapolation MSE")
