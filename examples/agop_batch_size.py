@@ -21,9 +21,10 @@ the best validation loss. Thesis Table 4.1 (Fig. 4.9a):
 * ``small_lr`` (``agop_batch_size_small_lr``, Fig. 4.10): the rank-2 setting with the learning
   rate ``eta_crit / 40``: no catapults, and the thesis sees little effect of the batch size.
 
-What is measured, per run: :class:`kerntk.callbacks.CriticalLRMonitor` at every step
-(``eta_crit(X_batch)`` and the catapult events); the validation and full training loss every
-``1/--checks_per_epoch`` epoch (at least every step of GD), which gives the best-validation step
+What is measured, per run: :class:`kerntk.callbacks.CriticalLRMonitor` at every step (every
+``--gd_every`` steps of GD; ``eta_crit(X_batch)`` and the catapult events); the validation and
+full training loss every ``1/--checks_per_epoch`` epoch (every ``--gd_every`` steps of GD), which
+gives the best-validation step
 (events are counted up to it) and the stop (training loss on the whole training set below
 ``--loss_threshold``); at the end, the AGOP alignment ``cos(G, G*)`` of the trained net's AGOP on
 the training inputs with the analytic EGOP (thesis Eq. 4.6,
@@ -339,8 +340,9 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
                       "training (the thesis does not say which inputs; the best-validation net's "
                       "values are in results too)")
     deviations.append("the best-validation step is located by checks every 1/"
-                      f"{FLAGS.checks_per_epoch} epoch (every step for GD), not every step "
-                      "(CPU time)")
+                      f"{FLAGS.checks_per_epoch} epoch (every {FLAGS.gd_every} steps for GD, "
+                      f"whose monitor also measures every {FLAGS.gd_every} steps), not every "
+                      "step (CPU time)")
     if not_converged:
         deviations.append(f"{not_converged} of {len(runs)} runs hit the cap of {max_epochs} "
                           "epochs before the training loss reached the threshold (CPU time)")
