@@ -23,8 +23,7 @@ the best validation loss. Thesis Table 4.1 (Fig. 4.9a):
 
 What is measured, per run: :class:`kerntk.callbacks.CriticalLRMonitor` at every step (every
 ``--gd_every`` steps of GD; ``eta_crit(X_batch)`` and the catapult events); the validation and
-full training loss every ``1/--checks_per_epoch`` epoch (every ``--gd_every`` steps of GD), which
-gives the best-validation step
+full training loss every ``1/--checks_per_epoch`` epoch (every step of GD), which gives the best-validation step
 (events are counted up to it) and the stop (training loss on the whole training set below
 ``--loss_threshold``); at the end, the AGOP alignment ``cos(G, G*)`` of the trained net's AGOP on
 the training inputs with the analytic EGOP (thesis Eq. 4.6,
@@ -91,9 +90,8 @@ flags.DEFINE_integer("max_epochs", 3000, "Epoch cap per run (GD: steps); a run s
                      "is reported as not converged.")
 flags.DEFINE_integer("checks_per_epoch", 10, "Validation / training-loss checks per epoch (at "
                      "least one per step).")
-flags.DEFINE_integer("gd_every", 10, "Full-batch (GD) runs: the monitor and the checks run every "
-                     "this many steps (each costs about one GD step; GD at eta_crit/2 has no "
-                     "catapult to miss).")
+flags.DEFINE_integer("gd_every", 10, "Full-batch (GD) runs: the monitor measures every this many "
+                     "steps (GD at eta_crit/2 has no catapult to miss).")
 flags.DEFINE_float("margin", 1.2, "Events with eta > margin x eta_crit(X_batch) are counted apart.")
 _common.define_flags(width=1024, use_bias=False, b_std=1.0, seeds=3)
 FLAGS = flags.FLAGS
@@ -110,10 +108,9 @@ class _Checks(keras.callbacks.Callback):
     """Every ``every`` steps: full training loss and validation loss; keeps the best-validation
     weights and stops when the training loss is below the threshold."""
 
-    def __init__(self, train, val, every, threshold, every_epochs=1):
+    def __init__(self, train, val, every, threshold):
         super().__init__()
         self.train, self.val, self.every, self.threshold = train, val, every, threshold
-        self.every_epochs = every_epochs
         self.history = {"step": [], "train_loss": [], "val_loss": []}
         self.best_val, self.best_step, self.best_weights = np.inf, 0, None
 
@@ -145,8 +142,7 @@ class _Checks(keras.callbacks.Callback):
             self.check()
 
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every_epochs == 0:
-            self.check()
+        self.check()
 
     def on_train_end(self, logs=None):
         self.check()
@@ -165,7 +161,7 @@ def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_epochs):
     steps_per_epoch = -(-n // b)
     full = b >= n
     checks = _Checks((x, y), (xv, yv), max(1, steps_per_epoch // FLAGS.checks_per_epoch),
-                     FLAGS.loss_threshold, every_epochs=FLAGS.gd_every if full else 1)
+                     FLAGS.loss_threshold)
     monitor = CriticalLRMonitor(margin=FLAGS.margin, every_n_steps=FLAGS.gd_every if full else 1)
     guard = DivergenceGuard(factor=1e3, patience=10, max_restores=1)  # stops a diverging run
     agop = AGOPAlignmentLogger(x, g_star, every_n_epochs=None)  # AGOP on the training inputs
@@ -340,9 +336,8 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
                       "training (the thesis does not say which inputs; the best-validation net's "
                       "values are in results too)")
     deviations.append("the best-validation step is located by checks every 1/"
-                      f"{FLAGS.checks_per_epoch} epoch (every {FLAGS.gd_every} steps for GD, "
-                      f"whose monitor also measures every {FLAGS.gd_every} steps), not every "
-                      "step (CPU time)")
+                      f"{FLAGS.checks_per_epoch} epoch (every step for GD), not every step; "
+                      f"the monitor measures GD every {FLAGS.gd_every} steps (CPU time)")
     if not_converged:
         deviations.append(f"{not_converged} of {len(runs)} runs hit the cap of {max_epochs} "
                           "epochs before the training loss reached the threshold (CPU time)")
