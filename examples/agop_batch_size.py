@@ -92,6 +92,8 @@ flags.DEFINE_integer("checks_per_epoch", 10, "Validation / training-loss checks 
                      "least one per step).")
 flags.DEFINE_integer("gd_every", 10, "Full-batch (GD) runs: the monitor measures every this many "
                      "steps (GD at eta_crit/2 has no catapult to miss).")
+flags.DEFINE_string("reason", "", "Why this run's flags differ from the paper's setting "
+                    "(recorded with each such deviation in the results file).")
 flags.DEFINE_float("margin", 1.2, "Events with eta > margin x eta_crit(X_batch) are counted apart.")
 _common.define_flags(width=1024, use_bias=False, b_std=1.0, seeds=3)
 FLAGS = flags.FLAGS
@@ -341,9 +343,10 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
     if not_converged:
         deviations.append(f"{not_converged} of {len(runs)} runs hit the cap of {max_epochs} "
                           "epochs before the training loss reached the threshold (CPU time)")
+    why = f" ({FLAGS.reason})" if FLAGS.reason else ""
     default_sizes = [int(b) for b in FLAGS["batch_sizes"].default]
-    if sorted(batch_sizes) != sorted(default_sizes):
-        deviations.append(f"batch sizes {batch_sizes} instead of {default_sizes}")
+    if sorted(batch_sizes) != sorted(default_sizes) and not FLAGS.smoke:
+        deviations.append(f"batch sizes {batch_sizes} instead of {default_sizes}{why}")
     if seeds != 3:
         deviations.append(f"{seeds} seed(s) instead of 3"
                           + ("" if seeds == FLAGS.seeds or FLAGS.smoke else
@@ -352,7 +355,8 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
     for key, paper_value in (("n", 2000), ("width", exp["width"]), ("depth", exp["depth"])):
         value = {"n": n, "width": width, "depth": depth}[key]
         if value != paper_value:
-            deviations.append(f"{key} = {value} instead of {paper_value}")
+            deviations.append(f"{key} = {value} instead of {paper_value}"
+                              + ("" if FLAGS.smoke else why))
     ours = (f"{task}, d = {FLAGS.d}, n = {n} train / {n_val} val / {n_test} test, {depth}-layer "
             f"FCN width {width}, lr = {lr_factor:g} x eta_crit(X) at init, batch "
             f"{'/'.join(str(e['batch_size']) for e in table)}, trained to full training loss < "
