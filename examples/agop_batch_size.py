@@ -344,6 +344,9 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
         deviations.append(f"{not_converged} of {len(runs)} runs hit the cap of {max_epochs} "
                           "epochs before the training loss reached the threshold (CPU time)")
     why = f" ({FLAGS.reason})" if FLAGS.reason else ""
+    if FLAGS.loss_threshold != FLAGS["loss_threshold"].default and not FLAGS.smoke:
+        deviations.append(f"trained to training loss < {FLAGS.loss_threshold:g} instead of "
+                          f"{FLAGS['loss_threshold'].default:g}{why}")
     default_sizes = [int(b) for b in FLAGS["batch_sizes"].default]
     if sorted(batch_sizes) != sorted(default_sizes) and not FLAGS.smoke:
         deviations.append(f"batch sizes {batch_sizes} instead of {default_sizes}{why}")
