@@ -1,142 +1,309 @@
 """Smaller SGD batches: more catapults, higher AGOP alignment, lower test loss (thesis Table 4.1,
-Fig. 4.9).
+Fig. 4.9), and the small-learning-rate control where batch size does not matter (Fig. 4.10).
 
-Thesis setting (App. C.6): rank-2 regression ``y = x1 x2 + N(0, 0.1^2)``, ``x ~ N(0, I_100)``,
-2000 train / 5000 test points, a 2-layer FCN of width 1024, SGD with the constant learning rate
-``eta_crit / 2`` of the whole training set (the same for every batch size), batch sizes
-2000 (GD) / 50 / 10 / 5, trained until the training loss is below 1e-3, 3 runs. Thesis Table 4.1:
+Thesis setting (Sec. 4.4, App. C.6): rank-2 regression ``y = x1 x2 + N(0, 0.1^2)``,
+``x ~ N(0, I_100)``, 2000 train / 5000 validation / 5000 test points, a 2-layer ReLU FCN of width
+1024 in NTK parameterization, SGD with the constant learning rate ``eta_crit / 2`` of the whole
+training set (the same for every batch size), batch sizes 2000 (GD) / 100 / 50 / 10 / 5 (App.
+C.6; Table 4.1 lists 2000 / 50 / 10 / 5), trained until the training loss is below 1e-3, the
+average of 3 runs. Catapults are counted as the events ``eta - eta_crit(X_batch) > 1e-8`` up to
+the best validation loss. Thesis Table 4.1 (Fig. 4.9a):
 
     batch size      2000   50    10    5
     AGOP alignment  0.81   0.84  0.89  0.95
     test loss       0.74   0.71  0.59  0.42
 
-A batch whose ``eta_crit(X_batch) = b / lambda_max(K_batch)`` falls below the rate catapults;
-small batches do so more often. Measured with kerntk callbacks:
-:class:`kerntk.callbacks.CriticalLRMonitor` (every step: catapult events, the thesis's count
-``eta - eta_crit(X_batch) > 1e-8``; distinct catapults, runs of consecutive events; events with
-``eta > --margin x eta_crit(X_batch)``, SPEC §4) and :class:`kerntk.callbacks.AGOPAlignmentLogger`
-(``cos(G, G*)`` of the net's AGOP on ``--probe`` test points with the analytic EGOP, thesis
-Eq. 4.6). ``--task`` also takes rank3 (``x1 x2 sum_{i<=10} x_i``), rank4 and the full-rank control
-``||x|| / sqrt(d)`` (thesis Fig. C.17).
+``--experiment`` picks one of three thesis settings, each writing its own results file:
+
+* ``table4.1`` (default; ``agop_batch_size``): the rank-2 setting above.
+* ``rank3`` (``agop_batch_size_rank3``, Fig. 4.9b): ``y = x1 x2 sum_{i<=10} x_i + noise``, a
+  4-layer FCN of width 256 (the rank-3 network of Fig. 4.8/4.9), otherwise as above.
+* ``small_lr`` (``agop_batch_size_small_lr``, Fig. 4.10): the rank-2 setting with the learning
+  rate ``eta_crit / 40``: no catapults, and the thesis sees little effect of the batch size.
+
+What is measured, per run: :class:`kerntk.callbacks.CriticalLRMonitor` at every step (every
+``--gd_every`` steps of GD; ``eta_crit(X_batch)`` and the catapult events); the validation and
+full training loss every ``1/--checks_per_epoch`` epoch (every step of GD), which gives the best-validation step
+(events are counted up to it) and the stop (training loss on the whole training set below
+``--loss_threshold``); at the end, the AGOP alignment ``cos(G, G*)`` of the trained net's AGOP on
+the training inputs with the analytic EGOP (thesis Eq. 4.6,
+:class:`kerntk.callbacks.AGOPAlignmentLogger`) and the test loss — of the final net and of the
+best-validation net.
 
 Biases (SPEC §5): with NTK biases ``b ~ N(0, 1)`` the constant mode dominates the NTK (lambda_max
 about 2n instead of n/6 on rank-2), ``eta_crit / 2`` is tiny and no catapults happen; the default
 is no bias (``--use_bias`` / ``--b_std`` to test it).
 
-Writes ``<out_dir>/agop_batch_size.png`` (catapults, alignment, test loss vs batch size, mean ±
-std over seeds) and ``<out_dir>/agop_batch_size.json``.
+Writes ``<out_dir>/<name>.json`` (results format of ``examples/_common.py``) and
+``<out_dir>/<name>.png`` (catapults, alignment and test loss vs batch size, mean ± std over seeds).
 
-    python examples/agop_batch_size.py [--n 2000] [--batch_sizes 2000,50,10,5] [--seeds 3]
+    python examples/agop_batch_size.py                         # Table 4.1 (rank-2)
+    python examples/agop_batch_size.py --experiment=rank3      # Fig. 4.9b
+    python examples/agop_batch_size.py --experiment=small_lr   # Fig. 4.10
 """
 
-import json
 import os
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402,F401  (quiet TensorFlow start-up; before TensorFlow is imported)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import kerntk  # noqa: E402
 from kerntk.callbacks import AGOPAlignmentLogger, CriticalLRMonitor, DivergenceGuard  # noqa: E402
 
-flags.DEFINE_enum("task", "rank2", ["rank2", "rank3", "rank4", "fullrank"],
-                  "Synthetic task with an analytic EGOP (kerntk.datasets.rank_task).")
+# The thesis settings --experiment selects: result name, task, depth, width, lr / eta_crit.
+EXPERIMENTS = {
+    "table4.1": dict(name="agop_batch_size", task="rank2", depth=2, width=1024, lr_factor=0.5),
+    "rank3": dict(name="agop_batch_size_rank3", task="rank3", depth=4, width=256, lr_factor=0.5),
+    "small_lr": dict(name="agop_batch_size_small_lr", task="rank2", depth=2, width=1024,
+                     lr_factor=1 / 40),
+}
+PAPER_TABLE41 = {2000: (0.81, 0.74), 50: (0.84, 0.71), 10: (0.89, 0.59), 5: (0.95, 0.42)}
+
+flags.DEFINE_enum("experiment", "table4.1", list(EXPERIMENTS),
+                  "Thesis setting: table4.1 (rank-2, 2-layer FCN width 1024, lr eta_crit/2; "
+                  "writes agop_batch_size), rank3 (Fig. 4.9b: rank-3, 4-layer FCN width 256; "
+                  "agop_batch_size_rank3), small_lr (Fig. 4.10: rank-2 at lr eta_crit/40; "
+                  "agop_batch_size_small_lr). --depth/--width/--lr_factor override it when given.")
 flags.DEFINE_integer("n", 2000, "Training points (thesis: 2000).")
+flags.DEFINE_integer("n_val", 5000, "Validation points: catapults are counted up to the best "
+                     "validation loss (thesis: 5000).")
 flags.DEFINE_integer("n_test", 5000, "Test points (thesis: 5000).")
 flags.DEFINE_integer("d", 100, "Input dimension (thesis: 100).")
 flags.DEFINE_float("noise", 0.1, "Label noise standard deviation (thesis: 0.1).")
-flags.DEFINE_integer("depth", 2, "Layers of the fcn (thesis Table 4.1: 2).")
-flags.DEFINE_integer("width", 1024, "Hidden width (thesis: 1024).")
-flags.DEFINE_list("batch_sizes", ["2000", "50", "10", "5"],
-                  "SGD batch sizes; a size >= n is full-batch GD (thesis: 2000, 50, 10, 5).")
+flags.DEFINE_integer("depth", 2, "Layers of the FCN (thesis: 2 for rank-2, 4 for rank-3; the "
+                     "experiment's value unless given).")
+flags.DEFINE_list("batch_sizes", ["2000", "100", "50", "10", "5"],
+                  "SGD batch sizes; a size >= n is full-batch GD (thesis App. C.6: 2000, 100, "
+                  "50, 10, 5).")
 flags.DEFINE_float("lr_factor", 0.5, "Learning rate as a multiple of eta_crit of the whole "
-                   "training set at initialization (thesis: 1/2).")
-flags.DEFINE_float("loss_threshold", 1e-3, "Stop when the epoch's training loss is below this "
-                   "(thesis: 1e-3).")
-flags.DEFINE_integer("max_epochs", 200, "Epoch cap per run (GD: steps).")
-flags.DEFINE_integer("max_steps", 0, "If > 0, also cap every run at this many SGD steps (the "
-                     "same optimization budget for every batch size; 0: epochs only).")
-flags.DEFINE_integer("seeds", 3, "Independent runs (data and initialization; thesis: 3).")
+                   "training set at initialization (thesis: 1/2; Fig. 4.10: 1/40; the "
+                   "experiment's value unless given).")
+flags.DEFINE_float("loss_threshold", 1e-3, "Stop when the loss on the whole training set is "
+                   "below this (thesis: 1e-3).")
+flags.DEFINE_integer("max_epochs", 3000, "Epoch cap per run (GD: steps); a run stopped by it "
+                     "is reported as not converged.")
+flags.DEFINE_integer("checks_per_epoch", 10, "Validation / training-loss checks per epoch (at "
+                     "least one per step).")
+flags.DEFINE_integer("gd_every", 10, "Full-batch (GD) runs: the monitor measures every this many "
+                     "steps (GD at eta_crit/2 has no catapult to miss).")
+flags.DEFINE_string("reason", "", "Why this run's flags differ from the paper's setting "
+                    "(recorded with each such deviation in the results file).")
 flags.DEFINE_float("margin", 1.2, "Events with eta > margin x eta_crit(X_batch) are counted apart.")
-flags.DEFINE_integer("gd_monitor_every", 1, "Full-batch runs: measure eta_crit every this many "
-                     "steps (an n x n NTK per measurement).")
-flags.DEFINE_integer("probe", 1000, "Test points on which the AGOP is measured.")
-flags.DEFINE_bool("use_bias", False, "NTK-parameterized biases (SPEC §5: they suppress the "
-                  "catapults; off reproduces the thesis's trend).")
-flags.DEFINE_float("b_std", 1.0, "Bias scale when --use_bias.")
-flags.DEFINE_string("out_dir", "out", "Where the PNG and JSON go.")
-flags.DEFINE_bool("smoke", False, "Tiny, fast run for tests.")
+_common.define_flags(width=1024, use_bias=False, b_std=1.0, seeds=3)
 FLAGS = flags.FLAGS
 
 
-def run(task_data, batch_size, seed, width, max_epochs):
-    x, y, xt, yt, g_star = task_data
+def setting_value(key):
+    """The flag's value when given on the command line, else the experiment's."""
+    if key in ("depth", "width", "lr_factor") and not FLAGS[key].present:
+        return EXPERIMENTS[FLAGS.experiment][key]
+    return FLAGS[key].value
+
+
+class _Checks(keras.callbacks.Callback):
+    """Every ``every`` steps: full training loss and validation loss; keeps the best-validation
+    weights and stops when the training loss is below the threshold."""
+
+    def __init__(self, train, val, every, threshold):
+        super().__init__()
+        self.train, self.val, self.every, self.threshold = train, val, every, threshold
+        self.history = {"step": [], "train_loss": [], "val_loss": []}
+        self.best_val, self.best_step, self.best_weights = np.inf, 0, None
+
+    def _loss(self, x, y):
+        pred = self.model.predict_on_batch(x) if len(x) <= 5000 else self.model.predict(
+            x, batch_size=5000, verbose=0)
+        return float(np.mean((np.asarray(pred) - y) ** 2))
+
+    def check(self):
+        step = int(self.model.optimizer.iterations.numpy())
+        if self.history["step"] and self.history["step"][-1] == step:
+            return
+        train, val = self._loss(*self.train), self._loss(*self.val)
+        for k, v in (("step", step), ("train_loss", train), ("val_loss", val)):
+            self.history[k].append(v)
+        if val < self.best_val:
+            self.best_val, self.best_step = val, step
+            self.best_weights = [np.array(w) for w in self.model.get_weights()]
+        if train < self.threshold or not np.isfinite(train):
+            self.model.stop_training = True
+        if len(self.history["step"]) % 100 == 0:
+            print(f"    step {step}: train loss {train:.3g}, val loss {val:.3g}", flush=True)
+
+    def on_train_begin(self, logs=None):
+        self.check()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.every == 0:
+            self.check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.check()
+
+    def on_train_end(self, logs=None):
+        self.check()
+
+
+def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_epochs):
+    x, y, xv, yv, xt, yt, g_star = data
     n = len(x)
+    b = min(batch_size, n)
     keras.utils.set_random_seed(seed)
-    model = kerntk.models.fcn(FLAGS.depth, width, input_shape=(x.shape[1],),
-                              use_bias=FLAGS.use_bias, b_std=FLAGS.b_std, seed=seed)
-    eta_crit0 = kerntk.spectral.critical_lr(model, x)
-    lr = FLAGS.lr_factor * eta_crit0
+    model = kerntk.models.fcn(depth, width, input_shape=(x.shape[1],), use_bias=FLAGS.use_bias,
+                              b_std=FLAGS.b_std, seed=seed)
+    eta_crit0 = float(kerntk.spectral.critical_lr(model, x))
+    lr = lr_factor * eta_crit0
     model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
-    full = batch_size >= n
-    guard = DivergenceGuard(factor=1e3, patience=10, max_restores=1)  # stop a diverging run
-    monitor = CriticalLRMonitor(margin=FLAGS.margin,
-                                every_n_steps=FLAGS.gd_monitor_every if full else 1)
-    agop = AGOPAlignmentLogger(xt[:FLAGS.probe], g_star, every_n_epochs=None)
-
-    def stop(epoch, logs):
-        if logs["loss"] < FLAGS.loss_threshold:
-            model.stop_training = True
-
-    epochs = max_epochs
-    if FLAGS.max_steps > 0:
-        epochs = min(epochs, -(-FLAGS.max_steps // -(-n // min(batch_size, n))))
-    hist = model.fit(x, y, batch_size=min(batch_size, n), epochs=epochs, shuffle=True,
-                     verbose=0, callbacks=[monitor, guard, agop,
-                                           keras.callbacks.LambdaCallback(on_epoch_end=stop)])
-    c = monitor.counts
-    test_loss = float(model.evaluate(xt, yt, batch_size=1000, verbose=0))
+    steps_per_epoch = -(-n // b)
+    full = b >= n
+    checks = _Checks((x, y), (xv, yv), max(1, steps_per_epoch // FLAGS.checks_per_epoch),
+                     FLAGS.loss_threshold)
+    monitor = CriticalLRMonitor(margin=FLAGS.margin, every_n_steps=FLAGS.gd_every if full else 1)
+    guard = DivergenceGuard(factor=1e3, patience=10, max_restores=1)  # stops a diverging run
+    agop = AGOPAlignmentLogger(x, g_star, every_n_epochs=None)  # AGOP on the training inputs
+    model.fit(x, y, batch_size=b, epochs=max_epochs, shuffle=True, verbose=0,
+              callbacks=[monitor, guard, agop, checks])
+    steps = int(model.optimizer.iterations.numpy())
+    hist = monitor.history
+    ev_steps = np.asarray(hist["step"])
+    events = np.asarray(hist["event"], dtype=bool)
+    upto = ev_steps < checks.best_step  # updates taken before the best-validation weights
+    final = {"agop_alignment": float(agop.measure()["agop_alignment"]),
+             "test_loss": checks._loss(xt, yt)}
+    model.set_weights(checks.best_weights)
+    best = {"agop_alignment": float(agop.measure()["agop_alignment"]),
+            "test_loss": checks._loss(xt, yt)}
+    ratio = np.asarray(hist["eta_over_crit"], dtype=float)
     return {
-        "batch_size": int(min(batch_size, n)), "seed": seed, "eta_crit_init": eta_crit0,
-        "lr": lr, "epochs": len(hist.history["loss"]),
-        "steps": int(model.optimizer.iterations.numpy()),
-        "train_loss_final": float(hist.history["loss"][-1]),
-        "converged": bool(hist.history["loss"][-1] < FLAGS.loss_threshold),
-        "catapult_events": int(c["catapult_events"]), "catapults": int(c["catapults"]),
-        "catapults_margin": int(c["catapults_margin"]), "loss_spikes": int(c["loss_spikes"]),
+        "batch_size": b, "seed": seed, "eta_crit_init": eta_crit0, "lr": lr, "steps": steps,
+        "epochs": -(-steps // steps_per_epoch),
+        "train_loss_final": checks.history["train_loss"][-1],
+        "converged": bool(checks.history["train_loss"][-1] < FLAGS.loss_threshold),
+        "best_val_step": checks.best_step, "best_val_loss": checks.best_val,
+        "catapult_events": int(events[upto].sum()),
+        "catapults": int(np.sum(events[upto] & ~np.concatenate([[False], events[upto][:-1]]))),
+        "catapults_margin": int(np.sum(ratio[upto] > FLAGS.margin)),
+        "catapult_events_all": int(events.sum()),
+        "max_eta_over_crit": float(np.nanmax(ratio)) if len(ratio) else float("nan"),
         "guard_restores": len(guard.restores),
-        "agop_alignment_init": float(agop.history["agop_alignment"][0]),
-        "agop_alignment": float(agop.measure()["agop_alignment"]),
-        "test_loss": test_loss,
+        "agop_alignment_init": float(agop.history["agop_alignment"][0])
+        if agop.history.get("agop_alignment") else float("nan"),
+        "agop_alignment": final["agop_alignment"], "test_loss": final["test_loss"],
+        "agop_alignment_best_val": best["agop_alignment"], "test_loss_best_val": best["test_loss"],
+        "curve": {k: v[::max(1, len(v) // 200)] for k, v in checks.history.items()},
     }
 
 
-KEYS = ("catapult_events", "catapults", "catapults_margin", "agop_alignment", "test_loss",
-        "train_loss_final", "steps")
+KEYS = ("catapult_events", "catapults", "catapults_margin", "catapult_events_all",
+        "agop_alignment", "test_loss", "agop_alignment_best_val", "test_loss_best_val",
+        "train_loss_final", "steps", "best_val_step")
+
+
+def _monotone(values, strict=True, increasing=True):
+    v = np.asarray(values, dtype=float)
+    d = np.diff(v) if increasing else -np.diff(v)
+    return bool(np.all(d > 0) if strict else (np.all(d >= 0) and v[-1] != v[0]))
+
+
+def direction_claims(prefix, table, runs, seeds, paper):
+    """Claims of the batch-size trends (``table`` sorted from the largest batch down), each on the
+    seed means and, separately, in every seed."""
+    sizes = [e["batch_size"] for e in table]
+    order = f"batch {'/'.join(map(str, sizes))}"
+    specs = [
+        ("catapults_increase", "catapult_events", True, False,
+         paper["catapults"], "catapult events up to the best validation loss (eta - "
+         "eta_crit(X_batch) > 1e-8) never decrease as the batch shrinks and are more at the "
+         "smallest batch than at the largest"),
+        ("alignment_increases", "agop_alignment", True, True, paper["alignment"],
+         "AGOP alignment (training inputs, final net) strictly increases as the batch shrinks"),
+        ("test_loss_decreases", "test_loss", False, True, paper["test_loss"],
+         "test loss (final net) strictly decreases as the batch shrinks"),
+    ]
+    claims = []
+    for cid, key, inc, strict, paper_text, rule in specs:
+        means = [e[key + "_mean"] for e in table]
+        claims.append(_common.claim(
+            f"{prefix}/{cid}", paper=paper_text,
+            measured={f"mean over {len(seeds)} seeds ({order})": [round(m, 4) for m in means]},
+            holds=_monotone(means, strict, inc), rule=f"on the seed means: {rule}"))
+        per_seed = {}
+        for s in seeds:
+            vals = [next(r[key] for r in runs if r["seed"] == s and r["batch_size"] == b)
+                    for b in sizes]
+            per_seed[f"seed {s}"] = [round(v, 4) for v in vals]
+        claims.append(_common.claim(
+            f"{prefix}/{cid}_every_seed", paper=paper_text, measured=per_seed,
+            holds=all(_monotone(v, strict, inc) for v in per_seed.values()),
+            rule=f"in every seed: {rule}"))
+    return claims
+
+
+def small_lr_claims(table, tol=0.05):
+    sizes = [e["batch_size"] for e in table]
+    claims = [_common.claim(
+        "fig4.10/no_catapults", paper="sufficiently small learning rates result in no catapults "
+        "for any batch size (lr = eta_crit/40)",
+        measured={f"batch {b}": e["catapult_events_all_mean"] for b, e in zip(sizes, table)},
+        holds=all(e["catapult_events_all_mean"] == 0 for e in table),
+        rule="no catapult event (eta - eta_crit(X_batch) > 1e-8) in any run, at any step")]
+    for key, label in (("agop_alignment", "AGOP alignment"), ("test_loss", "test loss")):
+        means = np.array([e[key + "_mean"] for e in table])
+        spread = float((means.max() - means.min()) / abs(means.mean()))
+        claims.append(_common.claim(
+            f"fig4.10/no_batch_size_effect_{key}",
+            paper=f"with lr = eta_crit/40 the batch size has little effect on {label} (Fig. 4.10)",
+            measured={"seed means": {f"batch {b}": round(float(m), 4)
+                                     for b, m in zip(sizes, means)},
+                      "relative spread": round(spread, 4)},
+            holds=spread <= tol,
+            rule=f"(max - min) / mean of the seed-mean {label} over the batch sizes <= {tol}"))
+    return claims
 
 
 def main(argv):
     del argv
-    n, n_test, width, max_epochs, seeds = (FLAGS.n, FLAGS.n_test, FLAGS.width, FLAGS.max_epochs,
+    exp = EXPERIMENTS[FLAGS.experiment]
+    task, depth, width, lr_factor = (exp["task"], setting_value("depth"), setting_value("width"),
+                                     setting_value("lr_factor"))
+    n, n_val, n_test, max_epochs, seeds = (FLAGS.n, FLAGS.n_val, FLAGS.n_test, FLAGS.max_epochs,
                                            FLAGS.seeds)
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     if FLAGS.smoke:
-        n, n_test, width, max_epochs, seeds, batch_sizes = 40, 100, 128, 2, 1, [40, 10]
+        n, n_val, n_test, width, max_epochs, seeds = 100, 200, 200, 64, 8, 1
+        batch_sizes = [100, 5]
+    g_star = kerntk.datasets.rank_egop(task, FLAGS.d)
     runs = []
-    for seed in range(seeds):
-        x, y = kerntk.datasets.rank_task(FLAGS.task, n, FLAGS.d, noise=FLAGS.noise, seed=seed)
-        xt, yt = kerntk.datasets.rank_task(FLAGS.task, n_test, FLAGS.d, noise=FLAGS.noise,
+    for seed in range(FLAGS.seed, FLAGS.seed + seeds):
+        x, y = kerntk.datasets.rank_task(task, n, FLAGS.d, noise=FLAGS.noise, seed=seed)
+        xv, yv = kerntk.datasets.rank_task(task, n_val, FLAGS.d, noise=FLAGS.noise,
+                                           seed=seed + 20_000)
+        xt, yt = kerntk.datasets.rank_task(task, n_test, FLAGS.d, noise=FLAGS.noise,
                                            seed=seed + 10_000)
-        data = (x, y, xt, yt, kerntk.datasets.rank_egop(FLAGS.task, FLAGS.d))
         for b in batch_sizes:
-            runs.append(run(data, b, seed, width, max_epochs))
-            r = runs[-1]
+            r = run((x, y, xv, yv, xt, yt, g_star), b, seed, task=task, depth=depth, width=width,
+                    lr_factor=lr_factor, max_epochs=max_epochs)
+            runs.append(r)
             print(f"  seed {seed} batch {r['batch_size']:5d}: {r['steps']} steps, train loss "
-                  f"{r['train_loss_final']:.2g}, catapults {r['catapults']} (events "
-                  f"{r['catapult_events']}), alignment {r['agop_alignment']:.3f}, test loss "
-                  f"{r['test_loss']:.3f}", flush=True)
+                  f"{r['train_loss_final']:.2g}, best val at step {r['best_val_step']}, events "
+                  f"{r['catapult_events']} (all {r['catapult_events_all']}), alignment "
+                  f"{r['agop_alignment']:.3f}, test loss {r['test_loss']:.3f}", flush=True)
+        # The results file after every seed: a run stopped early still leaves its seeds.
+        report(runs, list(range(FLAGS.seed, seed + 1)), exp=exp, task=task, depth=depth,
+               width=width, lr_factor=lr_factor, n=n, n_val=n_val, n_test=n_test,
+               max_epochs=max_epochs, batch_sizes=batch_sizes)
+
+
+def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_test, max_epochs,
+           batch_sizes):
+    """Writes the results file and figure of the runs of the seeds in ``seed_list``."""
+    seeds = len(seed_list)
     table = []
     for b in sorted({r["batch_size"] for r in runs}, reverse=True):
         rows = [r for r in runs if r["batch_size"] == b]
@@ -146,53 +313,124 @@ def main(argv):
             vals = [r[k] for r in rows]
             entry[k + "_mean"], entry[k + "_std"] = float(np.mean(vals)), float(np.std(vals))
         table.append(entry)
-    summary = {"task": FLAGS.task, "n": n, "n_test": n_test, "d": FLAGS.d, "depth": FLAGS.depth,
-               "width": width, "lr_over_eta_crit": FLAGS.lr_factor,
-               "loss_threshold": FLAGS.loss_threshold, "max_epochs": max_epochs,
-               "max_steps": FLAGS.max_steps, "seeds": seeds,
-               "margin": FLAGS.margin, "gd_monitor_every": FLAGS.gd_monitor_every,
-               "use_bias": FLAGS.use_bias, "b_std": FLAGS.b_std if FLAGS.use_bias else 0.0,
+    name = exp["name"]
+    not_converged = sum(not r["converged"] for r in runs)
+
+    paper_setting = {
+        "table4.1": "thesis Table 4.1 / Fig. 4.9a (App. C.6): rank-2 y = x1 x2 + N(0, 0.1^2), "
+                    "x ~ N(0, I_100), 2000 train / 5000 val / 5000 test, 2-layer ReLU FCN width "
+                    "1024 (NTK param.), SGD at lr = eta_crit(X)/2 for every batch size, batch "
+                    "2000/100/50/10/5, trained to training loss < 1e-3, catapults counted up to "
+                    "the best validation loss, mean of 3 runs",
+        "rank3": "thesis Fig. 4.9b (App. C.6): rank-3 y = x1 x2 sum_{i<=10} x_i + N(0, 0.1^2), "
+                 "x ~ N(0, I_100), 2000 train / 5000 val / 5000 test, 4-layer FCN width 256, SGD "
+                 "at lr = eta_crit(X)/2, batch 2000/100/50/10/5, trained to training loss < 1e-3, "
+                 "mean of 3 runs",
+        "small_lr": "thesis Fig. 4.10: the setting of Fig. 4.9a (rank-2, 2-layer FCN width 1024, "
+                    "n = 2000) with lr = eta_crit(X)/40 instead of eta_crit/2",
+    }[FLAGS.experiment]
+    deviations = []
+    if not FLAGS.use_bias:
+        deviations.append("no biases (the thesis's NTK parameterization has b ~ N(0, 1) terms; "
+                          "with them the constant mode dominates the NTK and eta_crit/2 gives no "
+                          "catapults at all, SPEC §5)")
+    deviations.append("AGOP alignment measured on the training inputs of the net at the end of "
+                      "training (the thesis does not say which inputs; the best-validation net's "
+                      "values are in results too)")
+    deviations.append("the best-validation step is located by checks every 1/"
+                      f"{FLAGS.checks_per_epoch} epoch (every step for GD), not every step; "
+                      f"the monitor measures GD every {FLAGS.gd_every} steps (CPU time)")
+    if not_converged:
+        deviations.append(f"{not_converged} of {len(runs)} runs hit the cap of {max_epochs} "
+                          "epochs before the training loss reached the threshold (CPU time)")
+    why = f" ({FLAGS.reason})" if FLAGS.reason else ""
+    if FLAGS.loss_threshold != FLAGS["loss_threshold"].default and not FLAGS.smoke:
+        deviations.append(f"trained to training loss < {FLAGS.loss_threshold:g} instead of "
+                          f"{FLAGS['loss_threshold'].default:g}{why}")
+    default_sizes = [int(b) for b in FLAGS["batch_sizes"].default]
+    if sorted(batch_sizes) != sorted(default_sizes) and not FLAGS.smoke:
+        deviations.append(f"batch sizes {batch_sizes} instead of {default_sizes}{why}")
+    if seeds != 3:
+        deviations.append(f"{seeds} seed(s) instead of 3"
+                          + ("" if seeds == FLAGS.seeds or FLAGS.smoke else
+                             f" (CPU time: the run was stopped after {seeds} of {FLAGS.seeds} "
+                             "seeds; the results file is rewritten after each seed)"))
+    for key, paper_value in (("n", 2000), ("width", exp["width"]), ("depth", exp["depth"])):
+        value = {"n": n, "width": width, "depth": depth}[key]
+        if value != paper_value:
+            deviations.append(f"{key} = {value} instead of {paper_value}"
+                              + ("" if FLAGS.smoke else why))
+    ours = (f"{task}, d = {FLAGS.d}, n = {n} train / {n_val} val / {n_test} test, {depth}-layer "
+            f"FCN width {width}, lr = {lr_factor:g} x eta_crit(X) at init, batch "
+            f"{'/'.join(str(e['batch_size']) for e in table)}, trained to full training loss < "
+            f"{FLAGS.loss_threshold:g} (cap {max_epochs} epochs), {seeds} seed(s), "
+            f"bias {FLAGS.use_bias}")
+
+    if FLAGS.experiment == "small_lr":
+        claims = small_lr_claims(table)
+    else:
+        if FLAGS.experiment == "table4.1":
+            paper = {"catapults": "smaller batch, more catapults (Fig. 4.9a)",
+                     "alignment": "0.81 / 0.84 / 0.89 / 0.95 at batch 2000 / 50 / 10 / 5",
+                     "test_loss": "0.74 / 0.71 / 0.59 / 0.42 at batch 2000 / 50 / 10 / 5"}
+            prefix = "table4.1"
+        else:
+            paper = {"catapults": "smaller batch, more catapults (Fig. 4.9b)",
+                     "alignment": "increases as the batch shrinks (Fig. 4.9b)",
+                     "test_loss": "decreases as the batch shrinks (Fig. 4.9b)"}
+            prefix = "fig4.9b"
+        claims = direction_claims(prefix, table, runs, seed_list, paper)
+
+    results = {"task": task, "n": n, "n_val": n_val, "n_test": n_test, "d": FLAGS.d,
+               "depth": depth, "width": width, "lr_over_eta_crit": lr_factor,
                "by_batch_size": table, "runs": runs}
-    os.makedirs(FLAGS.out_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.out_dir, "agop_batch_size.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    _plot(table, os.path.join(FLAGS.out_dir, "agop_batch_size.png"))
-    print(f"{FLAGS.task}, n={n}, {FLAGS.depth}-layer fcn width {width}, lr "
-          f"{FLAGS.lr_factor} x eta_crit, bias {FLAGS.use_bias}, {seeds} seed(s) (mean ± std):")
-    print("  batch  converged  catapults(distinct)  events        alignment      test loss")
+    if FLAGS.experiment == "table4.1":
+        results["paper_table4.1"] = {str(b): {"agop_alignment": a, "test_loss": t}
+                                     for b, (a, t) in PAPER_TABLE41.items()}
+    _common.write_results(name, setting={"paper": paper_setting, "ours": ours,
+                                         "deviations": deviations},
+                          config=_common.flag_values(), claims=claims, results=results)
+    _common.save_figure(_plot(table, runs, f"{name}: {ours}"), name)
+    print(f"{name}: {ours} (mean ± std):")
+    print("  batch  converged  events to best val   alignment      test loss")
     for e in table:
         print(f"  {e['batch_size']:5d}  {e['converged']}/{e['runs']}        "
-              f"{e['catapults_mean']:6.1f} ± {e['catapults_std']:<5.1f}      "
-              f"{e['catapult_events_mean']:6.1f} ± {e['catapult_events_std']:<5.1f} "
+              f"{e['catapult_events_mean']:7.1f} ± {e['catapult_events_std']:<6.1f}  "
               f"{e['agop_alignment_mean']:.3f} ± {e['agop_alignment_std']:.3f}  "
               f"{e['test_loss_mean']:.3f} ± {e['test_loss_std']:.3f}")
-    print("  thesis Table 4.1 (n=2000): alignment 0.81/0.84/0.89/0.95, test loss "
-          "0.74/0.71/0.59/0.42 for batch 2000/50/10/5")
-    print(f"  figure and numbers in {FLAGS.out_dir}/agop_batch_size.{{png,json}}")
+    _common.print_claims(claims)
 
 
-def _plot(table, path):
+def _plot(table, runs, title):
     import matplotlib.pyplot as plt
 
     b = [e["batch_size"] for e in table]
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-    for key, label in (("catapults", "distinct catapults"),
-                       ("catapult_events", "events $\\eta > \\eta_{crit}(X_{batch})$"),
-                       ("catapults_margin", "events with margin")):
+    fig, ax = plt.subplots(1, 4, figsize=(17, 3.8))
+    for key, label in (("catapult_events", "events to best val"),
+                       ("catapults", "distinct catapults to best val"),
+                       ("catapult_events_all", "events, whole run")):
         ax[0].errorbar(b, [e[key + "_mean"] for e in table], [e[key + "_std"] for e in table],
                        marker="o", capsize=3, label=label)
-    ax[0].set(xscale="log", yscale="symlog", xlabel="batch size", title="number of catapults")
+    ax[0].set(xscale="log", yscale="symlog", xlabel="batch size", title="catapults")
     ax[0].set_ylim(bottom=0)
     ax[0].legend(fontsize="small")
-    ax[1].errorbar(b, [e["agop_alignment_mean"] for e in table],
-                   [e["agop_alignment_std"] for e in table], marker="o", capsize=3)
-    ax[1].set(xscale="log", xlabel="batch size", title="AGOP alignment cos(G, G*)")
-    ax[2].errorbar(b, [e["test_loss_mean"] for e in table], [e["test_loss_std"] for e in table],
-                   marker="o", capsize=3)
-    ax[2].set(xscale="log", xlabel="batch size", title="test loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    for i, (key, label) in enumerate((("agop_alignment", "AGOP alignment cos(G, G*)"),
+                                      ("test_loss", "test loss")), start=1):
+        ax[i].errorbar(b, [e[key + "_mean"] for e in table], [e[key + "_std"] for e in table],
+                       marker="o", capsize=3, label="final net")
+        ax[i].errorbar(b, [e[key + "_best_val_mean"] for e in table],
+                       [e[key + "_best_val_std"] for e in table], marker="s", capsize=3,
+                       ls="--", label="best-validation net")
+        ax[i].set(xscale="log", xlabel="batch size", title=label)
+        ax[i].legend(fontsize="small")
+    for r in runs:
+        if r["seed"] == runs[0]["seed"]:
+            c = r["curve"]
+            ax[3].plot(c["step"], c["val_loss"], label=f"batch {r['batch_size']}")
+    ax[3].set(xscale="symlog", yscale="log", xlabel="step", title="validation loss (first seed)")
+    ax[3].legend(fontsize="small")
+    fig.suptitle(title, fontsize="small")
+    return fig
 
 
 if __name__ == "__main__":

@@ -155,15 +155,7 @@ def test_sgd_spikes(tmp_path):
     assert "match rate" in stdout or run["loss_spikes"] == 0
 
 
-def test_agop_batch_size(tmp_path):
-    summary, _ = run_smoke("agop_batch_size", "agop_batch_size", tmp_path)
-    sizes = [e["batch_size"] for e in summary["by_batch_size"]]
-    assert sizes == sorted(sizes, reverse=True) and len(sizes) == 2
-    for e in summary["by_batch_size"]:
-        assert -1 <= e["agop_alignment_mean"] <= 1
-        assert e["catapults_mean"] <= e["catapult_events_mean"]
-
-
+# Table 4.1 / Fig. 4.11 (agop_batch_size, optimizers_agop): tests/test_examples_agop.py.
 # Paper 000 (extrapolation, brightness, arithmetic, spherical harmonics, eigenvalue decay):
 # tests/test_examples_polynomial.py.
 
