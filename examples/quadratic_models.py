@@ -81,58 +81,59 @@ def load_two_classes(split, classes, n, seed, data_dir):
     return x.astype("float32"), (1.0 - 2.0 * y.astype("float32"))[:, None]
 
 
-class _BestTest(keras.callbacks.Callback):
-    """Best test loss/accuracy during training, training-loss record, divergence stop."""
-
-    def __init__(self, predict, x_test, y_test, every, diverge_factor):
-        super().__init__()
-        self.predict, self.x_test, self.y_test = predict, tf.constant(x_test), y_test
-        self.every, self.diverge_factor = every, diverge_factor
-
-    def on_train_begin(self, logs=None):
-        self.best_loss, self.best_acc, self.train_losses, self.diverged = np.inf, 0.0, [], False
-        self._eval()
-
-    def _eval(self):
-        pred = self.predict(self.x_test).numpy().astype("float64")
-        with np.errstate(all="ignore"):
-            loss = float(np.mean((pred - self.y_test) ** 2))
-        if np.isfinite(loss):
-            self.best_loss = min(self.best_loss, loss)
-            self.best_acc = max(self.best_acc,
-                                float(np.mean(np.sign(pred) == np.sign(self.y_test))))
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = float(logs["loss"])  # the loss at this step's weights, before its update
-        self.train_losses.append(loss)
-        if not np.isfinite(loss) or loss > self.diverge_factor * self.train_losses[0]:
-            self.diverged = True
-            self.model.stop_training = True
-        elif (epoch + 1) % self.every == 0:
-            self._eval()
-
-
-def train(model, w0, lr, x, y, x_test, y_test, predict):
+def train(model, w0, lr, x, y, x_test, y_test, step, predict):
+    """Full-batch GD from w0 (``step``: one compiled GD step returning the loss at the current
+    weights, before the update). Returns the run's record."""
     if isinstance(model, kerntk.models.TaylorModel):
         model.reset_delta()
     else:
         model.set_weights(w0)
     model.optimizer.learning_rate.assign(lr)
-    tracker = _BestTest(predict, x_test, y_test, FLAGS.eval_every, FLAGS.diverge_factor)
-    with np.errstate(all="ignore"):
-        model.fit(x, y, batch_size=len(x), epochs=FLAGS.steps, shuffle=False, verbose=0,
-                  callbacks=[tracker])
-    losses = np.array(tracker.train_losses, dtype="float64")
+    x_test = tf.constant(x_test)
+
+    def test():
+        pred = predict(x_test).numpy().astype("float64")
+        with np.errstate(all="ignore"):
+            loss = float(np.mean((pred - y_test) ** 2))
+        return loss, float(np.mean(np.sign(pred) == np.sign(y_test)))
+
+    best_loss, best_acc = test()
+    losses, diverged = [], False
+    for t in range(FLAGS.steps):
+        loss = float(step(x, y))
+        losses.append(loss)
+        if not np.isfinite(loss) or loss > FLAGS.diverge_factor * losses[0]:
+            diverged = True
+            break
+        if (t + 1) % FLAGS.eval_every == 0 or t + 1 == FLAGS.steps:
+            tl, ta = test()
+            if np.isfinite(tl):
+                best_loss, best_acc = min(best_loss, tl), max(best_acc, ta)
+    losses = np.array(losses, dtype="float64")
+    converged = (not diverged) and losses[-1] < losses[0]
     finite = losses[np.isfinite(losses)]
-    converged = (not tracker.diverged) and bool(np.isfinite(losses[-1])) \
-        and losses[-1] < losses[0]
     peak = float(finite.max()) if len(finite) else float("nan")
-    return {"best_test_loss": tracker.best_loss if np.isfinite(tracker.best_loss) else None,
-            "best_test_acc": tracker.best_acc, "diverged": bool(tracker.diverged),
+    return {"best_test_loss": best_loss if np.isfinite(best_loss) else None,
+            "best_test_acc": best_acc, "diverged": bool(diverged),
             "converged": bool(converged), "initial_train_loss": float(losses[0]),
             "peak_train_loss": peak, "final_train_loss": float(losses[-1]),
             "catapult": bool(converged and peak > FLAGS.catapult_ratio * losses[0]),
             "steps_run": int(len(losses))}
+
+
+def _compiled_step(model):
+    """One full-batch GD step on the MSE, traced once per model (a Python loop of ``fit`` epochs
+    costs far more in per-epoch overhead than the step itself)."""
+    var = model.trainable_variables
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
+        model.optimizer.apply_gradients(zip(tape.gradient(loss, var), var))
+        return loss
+
+    return step
 
 
 def run_seed(seed, factors, classes):
@@ -147,19 +148,24 @@ def run_seed(seed, factors, classes):
     models = {"f": net, "f_lin": kerntk.models.linearize(net),
               "f_quad": kerntk.models.quadratic(net)}
     runs = {name: [] for name in MODELS}
+    x_c, y_c = tf.constant(x), tf.constant(y)
     for name in MODELS:
         m = models[name]
         m.compile(optimizer=keras.optimizers.SGD(eta_crit), loss="mse")
+        m.optimizer.build(m.trainable_variables)
+        step = _compiled_step(m)
         predict = tf.function(lambda t, m=m: m(t, training=False))  # traced once per model
         for factor in factors:
-            r = train(m, w0, factor * eta_crit, x, y, x_test, y_test, predict)
+            with np.errstate(all="ignore"):
+                r = train(m, w0, factor * eta_crit, x_c, y_c, x_test, y_test, step, predict)
             r.update(lr=factor * eta_crit, lr_factor=factor)
             runs[name].append(r)
             best = r["best_test_loss"]
             print(f"seed {seed} {name:6s} eta {factor:4.2f} eta_crit: best test loss "
                   f"{'-' if best is None else f'{best:.4f}'} acc {r['best_test_acc']:.3f} "
                   f"peak/initial {r['peak_train_loss'] / r['initial_train_loss']:.3g}"
-                  f"{' DIVERGED' if r['diverged'] else ''} ({time.time() - _START:.0f} s)", flush=True)
+                  f"{' DIVERGED' if r['diverged'] else ''} ({time.time() - _START:.0f} s)",
+                  flush=True)
     return {"seed": seed, "eta_crit": eta_crit, "lambda_max_K0": len(x) / eta_crit, "runs": runs}
 
 

@@ -52,20 +52,20 @@ from kerntk.layers import SymmetricTwoLayer  # noqa: E402
 
 NAME = "randomized_two_layer"
 MODELS = ("randomized", "ntk", "plain")
-_common.define_flags(width=4096, seeds=3)
-flags.DEFINE_integer("d", 10, "Input dimension.")
+_common.define_flags(width=1024, seeds=3)
+flags.DEFINE_integer("d", 30, "Input dimension.")
 flags.DEFINE_integer("p", 3, "Degree of the target (beta^T x)^p (001 Thm 7: p - 2 in {1} or "
                      "even).")
-flags.DEFINE_list("n_train", ["50", "100", "200", "400"], "Training set sizes.")
-flags.DEFINE_integer("n_test", 2000, "Test points.")
-flags.DEFINE_integer("steps", 2000, "Full-batch GD steps per model.")
+flags.DEFINE_list("n_train", ["100", "200", "400", "800"], "Training set sizes.")
+flags.DEFINE_integer("n_test", 1000, "Test points.")
+flags.DEFINE_integer("steps", 1000, "Full-batch GD steps per model.")
 flags.DEFINE_float("lr_factor", 0.5, "Learning rate as a multiple of eta_crit = n / "
                    "lambda_max(K_0).")
 flags.DEFINE_float("lam", 1e-3, "Weight of the ||W||_{2,4}^4 regularizer of the randomized net "
                    "(001 Sec. 3.1).")
-flags.DEFINE_integer("eval_every", 100, "Log the test loss and ||f^(1)||, ||f^(2)|| every this "
+flags.DEFINE_integer("eval_every", 250, "Log the test loss and ||f^(1)||, ||f^(2)|| every this "
                      "many steps.")
-flags.DEFINE_integer("eval_draws", 16, "Sign draws averaged in the randomized net's test loss.")
+flags.DEFINE_integer("eval_draws", 8, "Sign draws averaged in the randomized net's test loss.")
 flags.DEFINE_float("target_rel_loss", 0.5, "Sample-complexity claim: the smallest n whose "
                    "relative test loss is at most this.")
 FLAGS = flags.FLAGS
@@ -151,7 +151,7 @@ def train_one(kind, x, y, x_test, y_test, seed, lr):
 
 def main(_):
     if FLAGS.smoke:
-        FLAGS.width, FLAGS.steps, FLAGS.eval_every, FLAGS.n_test = 512, 300, 100, 500
+        FLAGS.width, FLAGS.steps, FLAGS.eval_every, FLAGS.n_test, FLAGS.d = 512, 300, 100, 500, 10
         FLAGS.n_train, FLAGS.seeds, FLAGS.eval_draws = ["50", "200"], 1, 4
     ns = sorted(int(n) for n in FLAGS.n_train)
     runs = []

@@ -241,7 +241,8 @@ def main(argv):
         measured=f"mean drift {large_means[0]:.3g} at m = {widths[large[0]]} -> "
                  f"{large_means[-1]:.3g} at m = {widths[-1]}" if large else "no width >= d",
         holds=bool(len(large) >= 2 and all(b < a for a, b in zip(large_means, large_means[1:]))),
-        rule="the seed-mean drift strictly decreases at every doubling of the width over m >= d"))
+        rule="the seed-mean drift strictly decreases from each width of the grid to the next, "
+             "over all widths m >= d"))
     conv = sum(r["converged"] for r in runs)
     claims.append(_common.claim(
         "fig2.2/all_converge",
