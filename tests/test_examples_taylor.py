@@ -63,6 +63,6 @@ def test_randomized_two_layer(tmp_path):
             assert r["final_rms_f2"] > r["final_rms_f1"]
         elif r["kind"] == "plain":
             assert r["final_rms_f1"] > r["final_rms_f2"]
-        else:   # the linearized net has no quadratic term at all
+        else:   # f_lin moves the two symmetric halves by exactly opposite steps: f^(2) cancels
             assert r["final_rms_f2"] == 0
     assert np.isfinite([r["final_test_rel_loss"] for r in runs]).all()
