@@ -226,7 +226,7 @@ def main(argv):
     paper = ("Thm 2.3.6 / Fig. 2.2: the relative kernel change scales as Theta(1/sqrt(m)), i.e. "
              "slope -1/2 on log-log axes, over widths 2 .. 2^12")
     claims = [slope_claim("fig2.2/slope_all_widths", fit_all,
-                          "all widths, the thesis' range", paper)]
+                          f"every width run; the thesis' range is 2 .. 2^{PAPER_MAX_LOG2}", paper)]
     if fit_large is not None:
         claims.append(slope_claim("fig2.2/slope_large_widths", fit_large,
                                   f"m >= d = {d}: the FCN-like regime", paper))
