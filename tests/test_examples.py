@@ -160,33 +160,3 @@ def test_sgd_spikes(tmp_path):
 # tests/test_examples_polynomial.py.
 
 
-# --------------------------------------------------------------- DAG (issue 5), Taylor (issue 7)
-def test_transition_to_linearity(tmp_path):
-    result, _ = run_smoke("transition_to_linearity", "transition_to_linearity", tmp_path)
-    assert len(result["mean_drift"]) == len(result["widths"]) >= 2
-    assert all(d >= 0 for d in result["mean_drift"])
-    for run in result["runs"]:
-        assert isinstance(run["def_2_2_7_width"], int) and run["def_2_2_7_width"] > 0
-    assert result["n_points"] == 10
-
-
-def test_quadratic_models(tmp_path):
-    result, _ = run_smoke("quadratic_models", "quadratic_models", tmp_path)
-    assert result["eta_crit"] > 0 and result["lambda_max_K0"] > 0
-    n = result["config"]["n_train"]
-    assert math.isclose(result["eta_crit"], n / result["lambda_max_K0"], rel_tol=1e-9)
-    factors = result["lr_factors"]
-    assert set(result["results"]) == {"f", "f_lin", "f_quad"}
-    for runs in result["results"].values():
-        assert len(runs) == len(factors)
-        for factor, run in zip(factors, runs):
-            assert math.isclose(run["lr"], factor * result["eta_crit"], rel_tol=1e-9)
-            assert run["best_test_loss"] >= 0 and 0.0 <= run["best_test_acc"] <= 1.0
-            assert isinstance(run["diverged"], bool)
-    # The three models start from the same w0, hence the same initial training loss.
-    first = [runs[0]["initial_train_loss"] for runs in result["results"].values()]
-    assert max(first) - min(first) < 1e-4 * max(1.0, abs(first[0]))
-    # GD on a linear model diverges for eta > 2 / lambda_max(H_L) = eta_crit (no catapult).
-    for factor, run in zip(factors, result["results"]["f_lin"]):
-        if factor >= 3.0:  # |1 - 2 factor| >= 5: growth x25 per step, unmissable in 12 steps
-            assert run["diverged"]
