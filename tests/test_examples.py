@@ -147,14 +147,6 @@ def test_multiple_catapults(tmp_path):
     assert len(fixed["agop_alignment_after_each_catapult"]) == len(fixed["raise_steps"]) + 1
 
 
-def test_sgd_spikes(tmp_path):
-    summary, stdout = run_smoke("sgd_spikes", "sgd_spikes", tmp_path)
-    run = summary["runs"][0]
-    assert run["matched"] <= min(run["loss_spikes"], run["catapult_events"])
-    assert run["distinct_catapults"] <= run["catapult_events"]
-    assert "match rate" in stdout or run["loss_spikes"] == 0
-
-
 def test_agop_batch_size(tmp_path):
     summary, _ = run_smoke("agop_batch_size", "agop_batch_size", tmp_path)
     sizes = [e["batch_size"] for e in summary["by_batch_size"]]
