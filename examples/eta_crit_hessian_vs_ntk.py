@@ -53,6 +53,9 @@ flags.DEFINE_integer("every", 1, "Measure both estimates before every this many 
                      "every step).")
 flags.DEFINE_float("loss_threshold", 1e-3, "Stop when the training loss is below this "
                    "(thesis: 1e-3).")
+flags.DEFINE_float("lanczos_tol", 1e-4, "Lanczos tolerance of the Hessian estimate (residual <= "
+                   "tol x |lambda|_max; the eigenvalue error is about tol^2 |lambda|^2 / gap).")
+flags.DEFINE_integer("lanczos_maxiter", 60, "Lanczos iterations at most for the Hessian estimate.")
 _common.define_flags(width=1024, data_dir=True)
 FLAGS = flags.FLAGS
 
@@ -75,7 +78,8 @@ def run(arch, seed, n, width, channels, stride, batch_size, max_steps, every):
         if step % every == 0:
             rec["step"].append(step)
             rec["eta_crit_hessian"].append(kerntk.spectral.critical_lr(
-                model, xb, yb, estimate="hessian", seed=step))
+                model, xb, yb, estimate="hessian", seed=step,
+                tol=FLAGS.lanczos_tol, maxiter=FLAGS.lanczos_maxiter))
             rec["eta_crit_ntk"].append(kerntk.spectral.critical_lr(model, xb, estimate="ntk"))
             rec["batch_loss"].append(float(np.mean((model(xb, training=False).numpy() - yb)
                                                    ** 2)))
@@ -104,7 +108,7 @@ def main(argv):
         FLAGS.n, FLAGS.width, FLAGS.channels, FLAGS.image_stride, FLAGS.batch_size,
         FLAGS.max_steps, FLAGS.every)
     if FLAGS.smoke:
-        n, width, channels, stride, batch_size, max_steps, every = 32, 256, 8, 4, 8, 6, 1
+        n, width, channels, stride, batch_size, max_steps, every = 32, 256, 8, 4, 8, 2, 1
     runs = {}
     for arch in FLAGS.archs:
         r = run(arch, FLAGS.seed, n, width, channels, stride, batch_size, max_steps, every)
@@ -114,6 +118,13 @@ def main(argv):
               f"hessian: median {r['rel_diff_median']:.3f}, max {r['rel_diff_max']:.3f}, "
               f"{100 * r['fraction_within_tol']:.1f} % within {REL_TOL:g}; events (eta > "
               f"eta_crit) hessian {r['events_hessian']}, ntk {r['events_ntk']}", flush=True)
+        # Written after every network, so that a run cut short keeps the finished ones.
+        claims = report(runs, n, width, channels, stride, batch_size, max_steps, every)
+    _common.print_claims(claims)
+
+
+def report(runs, n, width, channels, stride, batch_size, max_steps, every):
+    """Writes the results file and figure of the networks finished so far; returns the claims."""
     claims = [
         _common.claim(
             f"figC.1/{arch}/ntk_tracks_hessian",
@@ -160,7 +171,7 @@ def main(argv):
                           config=_common.flag_values(), claims=claims,
                           results={"rel_tol": REL_TOL, "fraction": FRACTION, "runs": runs})
     _common.save_figure(_plot(runs), "eta_crit_hessian_vs_ntk")
-    _common.print_claims(claims)
+    return claims
 
 
 def _plot(runs):

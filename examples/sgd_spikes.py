@@ -101,10 +101,26 @@ def run(seed, n, width, channels, stride, batch_size, max_epochs):
             model.stop_training = True
 
     guard = DivergenceGuard(factor=1e3, patience=10, max_restores=1)  # stop a diverging run
-    model.fit(x, y, batch_size=batch_size, epochs=max_epochs, shuffle=True, verbose=0,
-              callbacks=[monitor, guard, keras.callbacks.LambdaCallback(on_epoch_end=stop)])
+    # SGD with a fresh random order every epoch, drawn here: Keras' own shuffle repeats the
+    # same order every epoch once keras.utils.set_random_seed has fixed the global seed.
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(n) for _ in range(max_epochs)])
+    steps_per_epoch = -(-n // batch_size)
+
+    def stop_at_epoch_end(batch, logs):
+        if (batch + 1) % steps_per_epoch == 0:
+            stop(len(totals), logs)
+
+    model.fit(x[order], y[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
+              callbacks=[monitor, guard,
+                         keras.callbacks.LambdaCallback(on_train_batch_end=stop_at_epoch_end)])
     c = monitor.counts
     ts, bs = int(c["total_loss_spikes"]), int(c["loss_spikes"])
+    h = monitor.history
+    tl = h["total_loss"] + [totals[-1]]  # L(w_t) before each step, then the final loss
+    unmatched = [{"step": int(h["step"][i]), "rel_rise": (tl[i + 1] - tl[i]) / tl[i],
+                  "eta_over_crit": h["eta_over_crit"][i]}
+                 for i in range(len(h["step"])) if h["total_spike"][i] and not h["event"][i]]
     return {
         "seed": seed, "eta_crit_init": eta_crit0, "lr": lr, "epochs": len(totals),
         "steps": len(monitor.history["step"]), "train_loss_final": totals[-1],
@@ -116,6 +132,7 @@ def run(seed, n, width, channels, stride, batch_size, max_epochs):
         "catapult_events": int(c["catapult_events"]),
         "distinct_catapults": int(c["catapults"]), "catapults_margin": int(c["catapults_margin"]),
         "guard_restores": len(guard.restores),
+        "unmatched_total_spikes": unmatched,  # spikes without an event: where, how big
     }, monitor.history
 
 
