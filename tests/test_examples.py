@@ -147,14 +147,8 @@ def test_multiple_catapults(tmp_path):
     assert len(fixed["agop_alignment_after_each_catapult"]) == len(fixed["raise_steps"]) + 1
 
 
-def test_sgd_spikes(tmp_path):
-    summary, stdout = run_smoke("sgd_spikes", "sgd_spikes", tmp_path)
-    run = summary["runs"][0]
-    assert run["matched"] <= min(run["loss_spikes"], run["catapult_events"])
-    assert run["distinct_catapults"] <= run["catapult_events"]
-    assert "match rate" in stdout or run["loss_spikes"] == 0
-
-
+# Table 4.2, Fig. 4.5, Fig. C.1 (sgd_spikes, single_example_sgd, eta_crit_hessian_vs_ntk):
+# tests/test_examples_spikes.py.
 # Table 4.1 / Fig. 4.11 (agop_batch_size, optimizers_agop): tests/test_examples_agop.py.
 # Paper 000 (extrapolation, brightness, arithmetic, spherical harmonics, eigenvalue decay):
 # tests/test_examples_polynomial.py.
