@@ -8,7 +8,8 @@ biases, full-batch GD at 1.6 x ``eta_crit = n / lambda_max(K)`` for 120 steps, w
 rest L>5) and ``CriticalLRMonitor`` (eta_crit, catapult events, loss spikes). Expected: the loss
 spikes, the spike lives in L<=5 while L>5 keeps decreasing, lambda_1 drops until eta < eta_crit,
 then the loss converges. Prints a summary; writes ``<out_dir>/catapult_demo.png`` (3 panels) and
-``catapult_demo.json``. About 25 s on 2 CPU cores.
+``catapult_demo.json`` (in the results format of ``examples/_common.py``: the thesis's claims
+with verdicts computed from the run). About 1 min on 2 CPU cores.
 
 This is ``examples/catapult_gd.py`` with the demo's defaults; every flag of that trainer applies
 (``--help``), e.g. ``--width``, ``--steps``, ``--lr_factor``, ``--data_dir``, ``--smoke``.

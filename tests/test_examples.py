@@ -112,16 +112,8 @@ def test_help_documents_every_flag(script, helps):
     assert all(doc.strip() for _, doc in flags), flags
 
 
-# --------------------------------------------------------------- main demo and quick start
-def test_catapult_demo(tmp_path, monkeypatch):
-    # The README's first command needs no data directory: the CIFAR-10 subset shipped with kerntk
-    # serves it, so this test never skips.
-    monkeypatch.delenv("KERNTK_DATA_DIR", raising=False)
-    summary, stdout = run_smoke("catapult_demo", "catapult_demo", tmp_path,
-                                expect="catapult events", skip_without_data=False)
-    assert summary["lr"] == pytest.approx(summary["lr_over_eta_crit"] * summary["eta_crit_init"])
-
-
+# --------------------------------------------------------------- quick start
+# (The main demo and the other catapult trainers: tests/test_examples_catapults.py.)
 def test_quickstart(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(EXAMPLES, "quickstart.py"), "--epochs=3",
                           "--width=16"], cwd=str(tmp_path), capture_output=True, text=True,
@@ -131,22 +123,6 @@ def test_quickstart(tmp_path):
 
 
 # --------------------------------------------------------------- thesis Ch. 4 (trainers 2-5)
-@pytest.mark.parametrize("arch", ["fcn", "cnn"])
-def test_catapult_gd(tmp_path, arch):
-    summary, stdout = run_smoke("catapult_gd", f"catapult_gd_{arch}", tmp_path, f"--arch={arch}")
-    assert summary["lr"] == pytest.approx(summary["lr_over_eta_crit"] * summary["eta_crit_init"])
-    assert "lambda_1" in stdout and summary["use_bias"] is False
-
-
-def test_multiple_catapults(tmp_path):
-    summary, _ = run_smoke("multiple_catapults", "multiple_catapults", tmp_path)
-    assert set(summary["runs"]) == {"fixed", "adaptive"}
-    fixed = summary["runs"]["fixed"]
-    # One value after each raise plus the final one.
-    assert len(fixed["test_loss_after_each_catapult"]) == len(fixed["raise_steps"]) + 1
-    assert len(fixed["agop_alignment_after_each_catapult"]) == len(fixed["raise_steps"]) + 1
-
-
 def test_sgd_spikes(tmp_path):
     summary, stdout = run_smoke("sgd_spikes", "sgd_spikes", tmp_path)
     run = summary["runs"][0]
