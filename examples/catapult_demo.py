@@ -9,7 +9,7 @@ rest L>5; eta_crit(t) = n / lambda_1(t)). Expected: the loss
 spikes, the spike lives in L<=5 while L>5 keeps decreasing, lambda_1 drops until eta < eta_crit,
 then the loss converges. Prints a summary; writes ``<out_dir>/catapult_demo.png`` (3 panels) and
 ``catapult_demo.json`` (in the results format of ``examples/_common.py``: the thesis's claims
-with verdicts computed from the run). About 1 min on 2 CPU cores.
+with verdicts computed from the run). About 5 min on this project's busy 2-core machine.
 
 This is ``examples/catapult_gd.py`` with the demo's defaults; every flag of that trainer applies
 (``--help``), e.g. ``--width``, ``--steps``, ``--lr_factor``, ``--data_dir``, ``--smoke``.
