@@ -166,7 +166,8 @@ def main(argv):
             f"NTK: eta_crit would be {eta_crit_other:.3g} here instead of {eta_crit0:.3g})")
     setting["deviations"].append(
         f"lr = {lr_factor:.2f} x our own eta_crit (the thesis: {paper_lr / paper_crit:.2f} x "
-        f"its own), not the thesis's absolute {paper_lr:g} (our eta_crit {eta_crit0:.3g} differs from the thesis's "
+        f"its own), not the thesis's absolute {paper_lr:g} (our eta_crit {eta_crit0:.3g} "
+        f"differs from the thesis's "
         f"{paper_crit:g}: n/lambda_1 with and without biases, 2/lambda_1 and 2n/lambda_1 give "
         + ", ".join(f"{c:.3g}" for c in conventions.values()) + "; none is the thesis's)")
     if arch == "cnn" and (channels != 512 or stride != 1):
@@ -190,7 +191,8 @@ def main(argv):
             "fig4.3/spike_in_top5_eigenspace",
             paper="L<=5 carries the spike, L>5 decreases almost monotonically",
             measured=f"rise to the peak: L<={top_s} {r['loss_top_rise_to_peak']:+.3g}, "
-                     f"L>{top_s} {r['loss_rest_rise_to_peak']:+.3g}; {100 * r['share_of_peak_in_top']:.0f}% "
+                     f"L>{top_s} {r['loss_rest_rise_to_peak']:+.3g}; "
+                     f"{100 * r['share_of_peak_in_top']:.0f}% "
                      f"of the peak loss in L<={top_s}; L>{top_s} rose at "
                      f"{r['loss_rest_increases']} of {len(loss) - 1} steps",
             holds=v["spike_in_top"],

@@ -248,8 +248,8 @@ def _claims(fig, res, caught):
                  f"before the next raise",
         holds=bool(all(caught)),
         rule=f"{each}, eta exceeds the monitor's eta_crit at its first measurement from the "
-             f"raise on, and the training loss rises at some step between the raise and the next raise (or the "
-             f"end)")]
+             f"raise on, and the training loss rises at some step between the raise and the "
+             f"next raise (or the end)")]
     if fig == "fig44":
         lam, crit, eta = (res[f"{q}_before_and_after_each_catapult"]
                           for q in ("lambda_1", "eta_crit", "eta"))
