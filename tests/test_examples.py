@@ -112,16 +112,8 @@ def test_help_documents_every_flag(script, helps):
     assert all(doc.strip() for _, doc in flags), flags
 
 
-# --------------------------------------------------------------- main demo and quick start
-def test_catapult_demo(tmp_path, monkeypatch):
-    # The README's first command needs no data directory: the CIFAR-10 subset shipped with kerntk
-    # serves it, so this test never skips.
-    monkeypatch.delenv("KERNTK_DATA_DIR", raising=False)
-    summary, stdout = run_smoke("catapult_demo", "catapult_demo", tmp_path,
-                                expect="catapult events", skip_without_data=False)
-    assert summary["lr"] == pytest.approx(summary["lr_over_eta_crit"] * summary["eta_crit_init"])
-
-
+# --------------------------------------------------------------- quick start
+# (The main demo and the other catapult trainers: tests/test_examples_catapults.py.)
 def test_quickstart(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(EXAMPLES, "quickstart.py"), "--epochs=3",
                           "--width=16"], cwd=str(tmp_path), capture_output=True, text=True,
@@ -130,23 +122,9 @@ def test_quickstart(tmp_path):
     assert "extrapolation MSE" in out.stdout
 
 
-# --------------------------------------------------------------- thesis Ch. 4 (trainers 2-5)
-@pytest.mark.parametrize("arch", ["fcn", "cnn"])
-def test_catapult_gd(tmp_path, arch):
-    summary, stdout = run_smoke("catapult_gd", f"catapult_gd_{arch}", tmp_path, f"--arch={arch}")
-    assert summary["lr"] == pytest.approx(summary["lr_over_eta_crit"] * summary["eta_crit_init"])
-    assert "lambda_1" in stdout and summary["use_bias"] is False
-
-
-def test_multiple_catapults(tmp_path):
-    summary, _ = run_smoke("multiple_catapults", "multiple_catapults", tmp_path)
-    assert set(summary["runs"]) == {"fixed", "adaptive"}
-    fixed = summary["runs"]["fixed"]
-    # One value after each raise plus the final one.
-    assert len(fixed["test_loss_after_each_catapult"]) == len(fixed["raise_steps"]) + 1
-    assert len(fixed["agop_alignment_after_each_catapult"]) == len(fixed["raise_steps"]) + 1
-
-
+# --------------------------------------------------------------- the trainers' own tests
+# Fig. 4.3, 4.4, 4.8, C.17, 3.3/B.1 (catapult_demo, catapult_gd, multiple_catapults,
+# four_regimes): tests/test_examples_catapults.py.
 # Table 4.2, Fig. 4.5, Fig. C.1 (sgd_spikes, single_example_sgd, eta_crit_hessian_vs_ntk):
 # tests/test_examples_spikes.py.
 # Table 4.1 / Fig. 4.11 (agop_batch_size, optimizers_agop): tests/test_examples_agop.py.
