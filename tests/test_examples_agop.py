@@ -2,6 +2,8 @@
 tiny size, writes a valid results file, and shows the direction of its claim where that
 direction is robust at this size (checked over seeds 0-3 before relying on it)."""
 
+import pytest
+
 from tests.test_examples import run_smoke
 
 
@@ -22,6 +24,8 @@ def test_agop_batch_size_small_batch_catapults(tmp_path):
     assert small["max_eta_over_crit"] > 1 > gd["max_eta_over_crit"]
 
 
+# slow: another test runs this trainer's code at smoke size; its full run covers this.
+@pytest.mark.slow
 def test_agop_batch_size_small_lr_has_no_catapults(tmp_path):
     # Fig. 4.10: at lr = eta_crit(X)/40 not even batch 5 reaches eta_crit(X_batch).
     summary, _ = run_smoke("agop_batch_size", "agop_batch_size_small_lr", tmp_path,

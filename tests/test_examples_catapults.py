@@ -29,7 +29,8 @@ def test_catapult_demo(tmp_path, monkeypatch):
     assert res["lambda_1_final"] < res["lambda_1_init"]
 
 
-@pytest.mark.parametrize("arch", ["fcn", "cnn"])
+# fcn: the README demo (test_catapult_demo) runs the same code: slow.
+@pytest.mark.parametrize("arch", [pytest.param("fcn", marks=pytest.mark.slow), "cnn"])
 def test_catapult_gd(tmp_path, arch):
     r, _ = run_smoke("catapult_gd", f"catapult_gd_{arch}", tmp_path, f"--arch={arch}")
     res = r["results"]
@@ -51,6 +52,8 @@ def test_multiple_catapults_fig48(tmp_path):
     assert res["raises"][-1]["event"] and res["raises"][-1]["spike"]
 
 
+# slow: another test runs this trainer's code at smoke size; its full run covers this.
+@pytest.mark.slow
 def test_multiple_catapults_fig44(tmp_path):
     r, _ = run_smoke("multiple_catapults", "multiple_catapults_fig44", tmp_path,
                      "--figure=fig44")

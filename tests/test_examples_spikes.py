@@ -12,7 +12,8 @@ import pytest
 from tests.test_examples import run_smoke
 
 
-@pytest.mark.parametrize("arch", ["fcn", "shallow", "cnn"])
+# The shallow net is the fcn trainer at depth 2: slow (its full run and the fcn case cover it).
+@pytest.mark.parametrize("arch", ["fcn", pytest.param("shallow", marks=pytest.mark.slow), "cnn"])
 def test_sgd_spikes(tmp_path, arch):
     r, _ = run_smoke("sgd_spikes", f"sgd_spikes_{arch}", tmp_path, f"--arch={arch}")
     ids = {c["id"] for c in r["claims"]}
@@ -29,6 +30,8 @@ def test_sgd_spikes(tmp_path, arch):
     assert run["catapult_events"] > 0
 
 
+# slow: another test runs this trainer's code at smoke size; its full run covers this.
+@pytest.mark.slow
 def test_sgd_spikes_below_critical_has_no_events(tmp_path):
     # eta = 0.5 eta_crit(X): no batch is above its critical rate (no catapult), so no spike
     # can be matched with an event: the match rate is not a property of any rate.
