@@ -307,7 +307,9 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             # only (its 2-row forward pass reads every weight: ~10% of a step of the fcn).
             self._when(due & (iteration < self._first_step + self.every_n_steps),
                        lambda: coupling(self._outputs(xm), self._outputs(xm[:2])))
-            with recorder.recording():
+            # With one output unit the cotangents df/dz come from Keras' own backward pass
+            # too (ForwardNTK share_backward: dL/dz over dL/df, exact up to round-off).
+            with recorder.recording(share_backward=True):
                 logs = train_step(data)
 
             def measure():
