@@ -156,3 +156,18 @@ def test_alignment_fn_bad_input():
         ag.alignment_fn(model, x, ag.AGOPFactor(np.ones((2, 5)), 2))
     with pytest.raises(ValueError, match="finite"):
         ag.alignment_fn(model, np.full((4, 3), np.nan), ag.AGOPFactor(np.ones((2, 3)), 2))
+
+
+def test_alignment_fn_xla_matches_plain_graph():
+    """``jit_compile`` (None picks XLA for a dense model) gives the plain graph's numbers."""
+    rng = np.random.default_rng(4)
+    model = kerntk.models.fcn(3, 32, 2, input_shape=(12,))
+    x = rng.standard_normal((20, 12)).astype("float32")
+    reference = ag.AGOPFactor(rng.standard_normal((5, 12)), 7)
+    G = ag.agop(model, x)
+    expected = ag.alignment(G, reference.matrix(), metric="pearson")
+    for jit in (None, True, False):
+        got = ag.alignment_fn(model, x, reference, metrics="pearson", jit_compile=jit)()
+        np.testing.assert_allclose(got["pearson"], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="jit_compile"):
+        ag.alignment_fn(model, x, reference, jit_compile="yes")

@@ -228,3 +228,57 @@ def test_prefer_matrix_free_follows_the_measured_crossover():
     assert not prefer_matrix_free(16, 10, gd, steps=4)
     # More outputs make the dense kernel (n c)^2 and its eigendecomposition (n c)^3.
     assert prefer_matrix_free(1000, 10, gd, steps=4)
+
+
+def _shared_kernel(model, x, y, weights, dtype="float32"):
+    """``(K, op(u), shares_backward)`` from ``ForwardNTK.recording(share_backward=True)`` around
+    a Keras-style step: forward, weighted MSE, gradient in the trainable variables."""
+    @tf.function
+    def run(x, y, w, u):
+        fnt = ForwardNTK(model, outputs="full")
+        with fnt.recording(share_backward=True):
+            with tf.GradientTape() as tape:
+                out = model(x, training=True)
+                loss = tf.reduce_mean(w * tf.square(out - y)) + tf.add_n(model.losses or [0.0])
+            tape.gradient(loss, model.trainable_variables)
+        return fnt.kernel()[0], fnt.operator()(u), fnt.shares_backward
+    u = np.random.default_rng(1).standard_normal(y.shape)
+    return run(tf.constant(x, dtype), tf.constant(y, dtype), tf.constant(weights, dtype),
+               tf.constant(u)) + (u,)
+
+
+@pytest.mark.parametrize("zero_weight", [False, True], ids=["divided", "own_backward"])
+def test_share_backward_matches_brute_force(zero_weight):
+    """c = 1: df/dz from the step's own backward pass (dL/dz over dL/df) gives the brute-force
+    kernel; an example with dL/df = 0 (zero sample weight) takes the kernel's own backward."""
+    rng = np.random.default_rng(5)
+    model = mlp(1)
+    x = rng.standard_normal((9, 4)).astype("float32")
+    y = rng.standard_normal((9, 1)).astype("float32")
+    w = np.ones((9, 1), np.float32)
+    if zero_weight:
+        w[4] = 0.0
+    K, Ku, shared, u = _shared_kernel(model, x, y, w)
+    assert bool(shared)
+    J = brute_jacobian(model, x)
+    expected = J @ J.T
+    assert np.all(np.isfinite(K.numpy()))
+    assert rel(K.numpy(), expected) < 1e-5
+    assert rel(Ku.numpy(), expected @ u) < 1e-5
+
+
+def test_share_backward_off_with_activity_loss_or_several_outputs():
+    """A loss on the activations (activity regularizer) or c > 1: not shared, still exact."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((7, 4)).astype("float32")
+    reg = keras.Sequential([keras.Input((4,)),
+                            keras.layers.Dense(6, activation="tanh",
+                                               activity_regularizer=keras.regularizers.L2(0.3)),
+                            keras.layers.Dense(1)])
+    for model, c in ((reg, 1), (mlp(2), 2)):
+        y = rng.standard_normal((7, c)).astype("float32")
+        K, Ku, shared, u = _shared_kernel(model, x, y, np.ones((7, 1), np.float32))
+        assert not bool(shared)
+        J = brute_jacobian(model, x)
+        assert rel(K.numpy(), J @ J.T) < 1e-5
+        assert rel(Ku.numpy(), (J @ J.T @ u.reshape(-1)).reshape(u.shape)) < 1e-5

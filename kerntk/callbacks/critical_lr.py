@@ -82,6 +82,12 @@ class CriticalLRMonitor(keras.callbacks.Callback):
           forward pass when the model allows it (no Dropout, BatchNormalization or other
           ``training``-dependent layers, no mixed precision, every trainable variable in a
           factorizable layer, Keras' own ``train_step``, SGD); otherwise a separate NTK pass.
+          With one output unit the shared path also takes ``df/dz`` from Keras' own backward
+          pass (``dL/dz`` over ``dL/df``, :class:`kerntk.ntk.empirical.ForwardNTK`), and a
+          backward pass of its own only on steps where some ``dL/df_i`` is zero or tiny.
+          Measured on ``benchmarks/callbacks.py``'s fcn at batch 128 (CPU time per step, 2
+          shared cores): the loss of the batch after the update (a forward pass at
+          ``w_{t+1}``) ~0.3 of a training step, the kernel and ``eigvalsh`` ~0.15-0.2.
           Models whose layers couple the batch in training mode (BatchNormalization) are
           measured in training mode, as ``fit`` trains them, through the Jacobian of the
           batched function (exact, slower); other models in inference mode (Dropout off).
@@ -307,7 +313,9 @@ class CriticalLRMonitor(keras.callbacks.Callback):
             # only (its 2-row forward pass reads every weight: ~10% of a step of the fcn).
             self._when(due & (iteration < self._first_step + self.every_n_steps),
                        lambda: coupling(self._outputs(xm), self._outputs(xm[:2])))
-            with recorder.recording():
+            # With one output unit the cotangents df/dz come from Keras' own backward pass
+            # too (ForwardNTK share_backward: dL/dz over dL/df, exact up to round-off).
+            with recorder.recording(share_backward=True):
                 logs = train_step(data)
 
             def measure():

@@ -250,6 +250,17 @@ def linear_block(fact, a: tf.Tensor, D: tf.Tensor, n1: Optional[int], cross: boo
     c, n, C = D.shape[0], D.shape[1], D.shape[-1]
     S = int(np.prod(D.shape[2:-1]))
     K = tf.constant(0.0, tf.float64)
+    if kernel and bias and fact.kind == "dense" and S == 1:
+        # One Gram of the cotangents for the kernel and the bias (the same product; forming it
+        # twice cost a fifth of the dense kernel of a 1024-wide fcn).
+        A1, A2 = _split(tf.reshape(a, (-1, a.shape[-1])), n1, cross, axis=0)
+        D1, D2 = _split(tf.reshape(D, (c, -1, C)), n1, cross)
+        GD = output_gram(D1, D2, full)
+        GA = tf.matmul(A1, A2, transpose_b=True)
+        if full:
+            GA = tf.repeat(tf.repeat(GA, c, axis=0), c, axis=1)
+        return (tf.cast(GA * GD, tf.float64) * fact.kernel_multiplier ** 2
+                + tf.cast(GD, tf.float64) * fact.bias_multiplier ** 2)
     if kernel and fact.kind == "conv" and fact.groups > 1:
         K = gradient_gram(*_split(_grouped_gradients(a, D, fact), n1, cross, axis=0), full)
     elif kernel:

@@ -133,6 +133,19 @@ class ForwardNTK:
         op = fnt.operator()                   # the same c backward passes, no Gram
         lam, v = top_eigenvalue(op, v_prev, 2, quadratic_form=op.quadratic_form)
         v_prev.assign(v)                      # warm start of the next step (a tf.Variable)
+
+    With ``recording(share_backward=True)`` and one output unit (``c = 1``) the backward pass
+    to the pre-activations is shared too: the step's own backward pass (Keras' loss gradient)
+    sends ``dL/dz_i = s_i df_i/dz_i`` through every pre-activation, ``s_i = dL/df_i`` the
+    cotangent it sends into the output of example ``i``; identity ops with a custom gradient
+    (no change to the step's values or gradients) observe both, and ``df/dz = (dL/dz) / s``.
+    Exact up to round-off, since the backward pass is linear in its cotangent and examples are
+    independent. Where that division is not safe (some ``s_i`` zero, below the square root of
+    the dtype's smallest normal number, or not finite, e.g. a perfectly fitted example or a
+    zero sample weight) the kernel takes the backward pass of its own, in a ``tf.cond``.
+    Sharing needs the recorded forward pass to be differentiated exactly once inside the
+    context, with no other loss on the activations (no ``add_loss``/activity regularizer);
+    otherwise it is silently off. :attr:`shares_backward` says which, once recorded.
     """
 
     def __init__(self, model: keras.Model, outputs: Union[str, int] = "full"):
@@ -142,12 +155,29 @@ class ForwardNTK:
         self._sites = find_sites(model, {id(v): i for i, v in enumerate(self._tvars)})
         self._tape = None
         self._out = None
+        self._shared = None
 
     @contextlib.contextmanager
-    def recording(self) -> Iterator[None]:
-        """Records the (one) forward pass of ``model`` run inside the context."""
+    def recording(self, share_backward: bool = False) -> Iterator[None]:
+        """Records the (one) forward pass of ``model`` run inside the context; with
+        ``share_backward``, also the cotangents the (one) backward pass through it inside the
+        context sends to the pre-activations and the output (see the class docstring)."""
         model = self.model
         bound = model.call
+        seen = {}  # key -> cotangents observed while the context is open
+        state = {"open": True}
+
+        def tap(key, t):
+            @tf.custom_gradient
+            def identity(v):
+                def grad(dy):
+                    if state["open"]:
+                        seen.setdefault(key, []).append(dy)
+                    return dy
+
+                return tf.identity(v), grad
+
+            return identity(t)
 
         def call(*args, **kwargs):
             if self._tape is not None:
@@ -156,6 +186,9 @@ class ForwardNTK:
             self._tape = tf.GradientTape(persistent=True)
             with self._tape:
                 out = bound(*args, **kwargs)
+                flat = tf.nest.flatten(out)
+                if share_backward and len(flat) == 1:
+                    out = tf.nest.pack_sequence_as(out, [tap("out", flat[0])])
                 self._out = flatten_outputs(out)
                 self._sums = [tf.reduce_sum(self._out[:, k])
                               for k in columns(self._out, self.outputs)]
@@ -163,8 +196,62 @@ class ForwardNTK:
 
         for site in self._sites:
             site.records.clear()
-        with capture(self._sites), compat.override(model, "call", call):
+        self._shared = None
+        site_tap = (lambda site, z: tap(id(site), z)) if share_backward else None
+        with capture(self._sites, tap=site_tap), compat.override(model, "call", call):
             yield
+        state["open"] = False
+        if share_backward and self._tape is not None:
+            self._shared = self._observed(seen)
+
+    def _observed(self, seen: dict):
+        """``(s, {id(site): dL/dz})`` from the cotangents observed, or ``None`` when they do
+        not determine ``df/dz`` (see the class docstring)."""
+        if self._out.shape[1] != 1 or len(seen.get("out", ())) != 1:
+            return None
+        active, _ = coverage(self._sites, len(self._tvars))
+        if any(len(seen.get(id(s), ())) != 1 for s in active):
+            return None
+        try:  # losses added on activations (activity regularizers, add_loss) in this call
+            if any(layer._get_own_losses() for layer in compat.flatten_layers(self.model)):
+                return None
+        except Exception:  # pragma: no cover - a Keras without these internals: do not share
+            return None
+        return seen["out"][0], {id(s): seen[id(s)][0] for s in active}
+
+    @property
+    def shares_backward(self) -> bool:
+        """Whether the recorded step's backward pass gives the cotangents (see the class
+        docstring; the kernel still takes its own backward pass where dividing is unsafe)."""
+        return self._shared is not None
+
+    def _cotangents(self, sites) -> list:
+        """``per_output[k][j]``: the cotangent ``df_k/dz`` at site ``j`` (summed over examples:
+        per example, since examples are independent), for the columns of ``outputs``."""
+        zs = [s.records[0][1] for s in sites]
+
+        def own():
+            return [self._tape.gradient(t, zs, unconnected_gradients=_ZERO)
+                    for t in self._sums]
+
+        if self._shared is None or not sites:
+            return own()
+        s, dz = self._shared
+        s = tf.reshape(s, [-1])
+        dzs = [dz[id(site)] for site in sites]
+        tiny = float(np.sqrt(np.finfo(s.dtype.as_numpy_dtype).tiny))
+        safe = tf.reduce_all(tf.abs(s) >= tiny) & tf.reduce_all(tf.math.is_finite(s))
+        for d in dzs:
+            safe = safe & tf.reduce_all(tf.math.is_finite(d))
+
+        def divided():
+            out = []
+            for d in dzs:
+                scale = tf.reshape(s, [-1] + [1] * (d.shape.rank - 1))
+                out.append(d / tf.cast(scale, d.dtype))
+            return out
+
+        return [tf.cond(safe, divided, lambda: own()[0])]
 
     @property
     def outputs_recorded(self) -> tf.Tensor:
@@ -182,9 +269,7 @@ class ForwardNTK:
             names = ", ".join(self._tvars[i].path for i in rest)
             raise ValueError(f"ForwardNTK cannot factorize these trainable variables: {names} "
                              f"(check shareable_forward first).")
-        zs = [s.records[0][1] for s in active]
-        per_output = [self._tape.gradient(t, zs, unconnected_gradients=_ZERO)
-                      for t in self._sums]
+        per_output = self._cotangents(active)
         blocks = structured_blocks(active, per_output, None, False, self.outputs == "full",
                                     self._out.dtype.name)
         return tf.add_n(blocks), self._out
@@ -270,9 +355,7 @@ class ForwardNTK:
                                     for i in s.indices})
         per_output = []
         if dense:
-            zs = [s.records[0][1] for s in dense]
-            per_output = [self._tape.gradient(t, zs, unconnected_gradients=_ZERO)
-                          for t in self._sums]
+            per_output = self._cotangents(dense)
 
         def scaled(g, i):
             return g if precond is None else g * tf.cast(precond[i], g.dtype)

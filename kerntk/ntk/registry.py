@@ -298,12 +298,15 @@ def find_sites(model, index_of: Dict[int, int], exclude=()) -> List[Site]:
 
 
 @contextlib.contextmanager
-def capture(sites: List[Site], tape: Optional[tf.GradientTape] = None) -> Iterator[None]:
+def capture(sites: List[Site], tape: Optional[tf.GradientTape] = None,
+            tap: Optional[Callable[[Site, tf.Tensor], tf.Tensor]] = None) -> Iterator[None]:
     """Run each site's layer as the composition of its steps ``post(pre(features(.)))``,
     recording ``(a, z)`` in ``site.records``. With a ``tape`` (recording the forward pass inside
     ``model.stateless_call``) each step reads its kernel and bias detached from the values the
-    call maps them to, and ``z`` is watched on ``tape`` (see :func:`unproven_layers`). Restored
-    on exit, even on error."""
+    call maps them to, and ``z`` is watched on ``tape`` (see :func:`unproven_layers`). With a
+    ``tap``, ``z`` is replaced by ``tap(site, z)`` (an identity that observes the cotangents of
+    later backward passes, see :class:`kerntk.ntk.in_step.ForwardNTK`) before it is recorded
+    and used. Restored on exit, even on error."""
     by_layer: Dict[int, List[Site]] = {}
     for site in sites:
         by_layer.setdefault(id(site.layer), []).append(site)
@@ -316,6 +319,8 @@ def capture(sites: List[Site], tape: Optional[tf.GradientTape] = None) -> Iterat
                     detach = [s.fact.kernel, s.fact.bias] if tape is not None else []
                     with compat.detached(detach):
                         z = s.fact.preactivation(a)
+                    if tap is not None:
+                        z = tap(s, z)
                     if tape is not None:
                         tape.watch(z)
                     s.records.append((a, z))
