@@ -88,6 +88,8 @@ flags.DEFINE_float("loss_threshold", 1e-3, "Stop when the loss on the whole trai
                    "below this (thesis: 1e-3).")
 flags.DEFINE_integer("max_epochs", 3000, "Epoch cap per run (GD: steps); a run stopped by it "
                      "is reported as not converged.")
+flags.DEFINE_integer("gd_max_steps", 20000, "Step cap of full-batch (GD) runs, which take one "
+                     "step per epoch; a run stopped by it is reported as not converged.")
 flags.DEFINE_integer("checks_per_epoch", 10, "Validation / training-loss checks per epoch (at "
                      "least one per step).")
 flags.DEFINE_integer("gd_every", 10, "Full-batch (GD) runs: the monitor measures every this many "
@@ -150,7 +152,7 @@ class _Checks(keras.callbacks.Callback):
         self.check()
 
 
-def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_epochs):
+def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_epochs, gd_max_steps):
     x, y, xv, yv, xt, yt, g_star = data
     n = len(x)
     b = min(batch_size, n)
@@ -167,7 +169,8 @@ def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_epochs):
     monitor = CriticalLRMonitor(margin=FLAGS.margin, every_n_steps=FLAGS.gd_every if full else 1)
     guard = DivergenceGuard(factor=1e3, patience=10, max_restores=1)  # stops a diverging run
     agop = AGOPAlignmentLogger(x, g_star, every_n_epochs=None)  # AGOP on the training inputs
-    model.fit(x, y, batch_size=b, epochs=max_epochs, shuffle=True, verbose=0,
+    epochs = gd_max_steps if full else max_epochs
+    model.fit(x, y, batch_size=b, epochs=epochs, shuffle=True, verbose=0,
               callbacks=[monitor, guard, agop, checks])
     steps = int(model.optimizer.iterations.numpy())
     hist = monitor.history
@@ -275,8 +278,10 @@ def main(argv):
     n, n_val, n_test, max_epochs, seeds = (FLAGS.n, FLAGS.n_val, FLAGS.n_test, FLAGS.max_epochs,
                                            FLAGS.seeds)
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
+    gd_max_steps = FLAGS.gd_max_steps
     if FLAGS.smoke:
         n, n_val, n_test, width, max_epochs, seeds = 100, 200, 200, 64, 8, 1
+        gd_max_steps = max_epochs
         batch_sizes = [100, 5]
     g_star = kerntk.datasets.rank_egop(task, FLAGS.d)
     runs = []
@@ -288,7 +293,7 @@ def main(argv):
                                            seed=seed + 10_000)
         for b in batch_sizes:
             r = run((x, y, xv, yv, xt, yt, g_star), b, seed, task=task, depth=depth, width=width,
-                    lr_factor=lr_factor, max_epochs=max_epochs)
+                    lr_factor=lr_factor, max_epochs=max_epochs, gd_max_steps=gd_max_steps)
             runs.append(r)
             print(f"  seed {seed} batch {r['batch_size']:5d}: {r['steps']} steps, train loss "
                   f"{r['train_loss_final']:.2g}, best val at step {r['best_val_step']}, events "
@@ -330,6 +335,7 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
                     "n = 2000) with lr = eta_crit(X)/40 instead of eta_crit/2",
     }[FLAGS.experiment]
     deviations = []
+    why = f" ({FLAGS.reason})" if FLAGS.reason else ""
     if not FLAGS.use_bias:
         deviations.append("no biases (the thesis's NTK parameterization has b ~ N(0, 1) terms; "
                           "with them the constant mode dominates the NTK and eta_crit/2 gives no "
@@ -341,9 +347,11 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
                       f"{FLAGS.checks_per_epoch} epoch (every step for GD), not every step; "
                       f"the monitor measures GD every {FLAGS.gd_every} steps (CPU time)")
     if not_converged:
-        deviations.append(f"{not_converged} of {len(runs)} runs hit the cap of {max_epochs} "
-                          "epochs before the training loss reached the threshold (CPU time)")
-    why = f" ({FLAGS.reason})" if FLAGS.reason else ""
+        capped = sorted({r["batch_size"] for r in runs if not r["converged"]}, reverse=True)
+        deviations.append(f"{not_converged} of {len(runs)} runs (batch "
+                          f"{'/'.join(map(str, capped))}) hit the cap of {max_epochs} epochs "
+                          f"(GD: {FLAGS.gd_max_steps} steps) before the training loss reached "
+                          f"the threshold; their final train losses are in results{why}")
     if FLAGS.loss_threshold != FLAGS["loss_threshold"].default and not FLAGS.smoke:
         deviations.append(f"trained to training loss < {FLAGS.loss_threshold:g} instead of "
                           f"{FLAGS['loss_threshold'].default:g}{why}")
@@ -363,7 +371,8 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
     ours = (f"{task}, d = {FLAGS.d}, n = {n} train / {n_val} val / {n_test} test, {depth}-layer "
             f"FCN width {width}, lr = {lr_factor:g} x eta_crit(X) at init, batch "
             f"{'/'.join(str(e['batch_size']) for e in table)}, trained to full training loss < "
-            f"{FLAGS.loss_threshold:g} (cap {max_epochs} epochs), {seeds} seed(s), "
+            f"{FLAGS.loss_threshold:g} (cap {max_epochs} epochs, GD {FLAGS.gd_max_steps} steps), "
+            f"{seeds} seed(s), "
             f"bias {FLAGS.use_bias}")
 
     if FLAGS.experiment == "small_lr":
