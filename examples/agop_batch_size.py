@@ -86,10 +86,9 @@ flags.DEFINE_float("lr_factor", 0.5, "Learning rate as a multiple of eta_crit of
                    "experiment's value unless given).")
 flags.DEFINE_float("loss_threshold", 1e-3, "Stop when the loss on the whole training set is "
                    "below this (thesis: 1e-3).")
-flags.DEFINE_integer("max_epochs", 3000, "Epoch cap per run (GD: steps); a run stopped by it "
-                     "is reported as not converged.")
-flags.DEFINE_integer("gd_max_steps", 20000, "Step cap of full-batch (GD) runs, which take one "
-                     "step per epoch; a run stopped by it is reported as not converged.")
+flags.DEFINE_integer("max_steps", 30000, "Step cap of every run (the same for every batch size; "
+                     "a run stops at the end of the epoch that reaches it); a run stopped by it is "
+                     "reported as not converged.")
 flags.DEFINE_integer("checks_per_epoch", 10, "Validation / training-loss checks per epoch (at "
                      "least one per step).")
 flags.DEFINE_integer("gd_every", 10, "Full-batch (GD) runs: the monitor measures every this many "
@@ -152,7 +151,7 @@ class _Checks(keras.callbacks.Callback):
         self.check()
 
 
-def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_epochs, gd_max_steps):
+def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_steps):
     x, y, xv, yv, xt, yt, g_star = data
     n = len(x)
     b = min(batch_size, n)
@@ -169,7 +168,7 @@ def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_epochs, gd
     monitor = CriticalLRMonitor(margin=FLAGS.margin, every_n_steps=FLAGS.gd_every if full else 1)
     guard = DivergenceGuard(factor=1e3, patience=10, max_restores=1)  # stops a diverging run
     agop = AGOPAlignmentLogger(x, g_star, every_n_epochs=None)  # AGOP on the training inputs
-    epochs = gd_max_steps if full else max_epochs
+    epochs = -(-max_steps // steps_per_epoch)
     model.fit(x, y, batch_size=b, epochs=epochs, shuffle=True, verbose=0,
               callbacks=[monitor, guard, agop, checks])
     steps = int(model.optimizer.iterations.numpy())
@@ -275,13 +274,11 @@ def main(argv):
     exp = EXPERIMENTS[FLAGS.experiment]
     task, depth, width, lr_factor = (exp["task"], setting_value("depth"), setting_value("width"),
                                      setting_value("lr_factor"))
-    n, n_val, n_test, max_epochs, seeds = (FLAGS.n, FLAGS.n_val, FLAGS.n_test, FLAGS.max_epochs,
+    n, n_val, n_test, max_steps, seeds = (FLAGS.n, FLAGS.n_val, FLAGS.n_test, FLAGS.max_steps,
                                            FLAGS.seeds)
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
-    gd_max_steps = FLAGS.gd_max_steps
     if FLAGS.smoke:
-        n, n_val, n_test, width, max_epochs, seeds = 100, 200, 200, 64, 8, 1
-        gd_max_steps = max_epochs
+        n, n_val, n_test, width, max_steps, seeds = 100, 200, 200, 64, 80, 1
         batch_sizes = [100, 5]
     g_star = kerntk.datasets.rank_egop(task, FLAGS.d)
     runs = []
@@ -293,7 +290,7 @@ def main(argv):
                                            seed=seed + 10_000)
         for b in batch_sizes:
             r = run((x, y, xv, yv, xt, yt, g_star), b, seed, task=task, depth=depth, width=width,
-                    lr_factor=lr_factor, max_epochs=max_epochs, gd_max_steps=gd_max_steps)
+                    lr_factor=lr_factor, max_steps=max_steps)
             runs.append(r)
             print(f"  seed {seed} batch {r['batch_size']:5d}: {r['steps']} steps, train loss "
                   f"{r['train_loss_final']:.2g}, best val at step {r['best_val_step']}, events "
@@ -302,10 +299,10 @@ def main(argv):
         # The results file after every seed: a run stopped early still leaves its seeds.
         report(runs, list(range(FLAGS.seed, seed + 1)), exp=exp, task=task, depth=depth,
                width=width, lr_factor=lr_factor, n=n, n_val=n_val, n_test=n_test,
-               max_epochs=max_epochs, batch_sizes=batch_sizes)
+               max_steps=max_steps, batch_sizes=batch_sizes)
 
 
-def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_test, max_epochs,
+def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_test, max_steps,
            batch_sizes):
     """Writes the results file and figure of the runs of the seeds in ``seed_list``."""
     seeds = len(seed_list)
@@ -349,8 +346,8 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
     if not_converged:
         capped = sorted({r["batch_size"] for r in runs if not r["converged"]}, reverse=True)
         deviations.append(f"{not_converged} of {len(runs)} runs (batch "
-                          f"{'/'.join(map(str, capped))}) hit the cap of {max_epochs} epochs "
-                          f"(GD: {FLAGS.gd_max_steps} steps) before the training loss reached "
+                          f"{'/'.join(map(str, capped))}) hit the cap of {max_steps} steps before "
+                          f"the training loss reached "
                           f"the threshold; their final train losses are in results{why}")
     if FLAGS.loss_threshold != FLAGS["loss_threshold"].default and not FLAGS.smoke:
         deviations.append(f"trained to training loss < {FLAGS.loss_threshold:g} instead of "
@@ -371,7 +368,7 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
     ours = (f"{task}, d = {FLAGS.d}, n = {n} train / {n_val} val / {n_test} test, {depth}-layer "
             f"FCN width {width}, lr = {lr_factor:g} x eta_crit(X) at init, batch "
             f"{'/'.join(str(e['batch_size']) for e in table)}, trained to full training loss < "
-            f"{FLAGS.loss_threshold:g} (cap {max_epochs} epochs, GD {FLAGS.gd_max_steps} steps), "
+            f"{FLAGS.loss_threshold:g} (cap {max_steps} steps), "
             f"{seeds} seed(s), "
             f"bias {FLAGS.use_bias}")
 
