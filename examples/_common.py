@@ -196,3 +196,20 @@ def print_claims(claims: list[dict]) -> None:
     for c in claims:
         print(f"  [{'holds' if c['holds'] else 'FAILS'}] {c['id']}: measured {c['measured']} "
               f"(paper: {c['paper']}; rule: {c['rule']})")
+
+
+def reshuffled_batches(x, y, batch_size: int, seed: int):
+    """``(x, y)`` as a ``tf.data.Dataset`` of minibatches in a fresh random order every epoch
+    (SGD with random reshuffling), reproducible from ``seed``.
+
+    Pass it to ``fit`` (with ``shuffle=False``): with the global seed fixed by
+    ``keras.utils.set_random_seed``, Keras' own ``shuffle=True`` on arrays repeats one order in
+    every epoch (measured with Keras 3.15), which is cyclic SGD, not the random order of the
+    papers' SGD runs.
+    """
+    import tensorflow as tf
+
+    n = len(x)
+    return (tf.data.Dataset.from_tensor_slices((x, y))
+            .shuffle(n, seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size))

@@ -169,7 +169,7 @@ def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_steps):
     guard = DivergenceGuard(factor=1e3, patience=10, max_restores=1)  # stops a diverging run
     agop = AGOPAlignmentLogger(x, g_star, every_n_epochs=None)  # AGOP on the training inputs
     epochs = -(-max_steps // steps_per_epoch)
-    model.fit(x, y, batch_size=b, epochs=epochs, shuffle=True, verbose=0,
+    model.fit(_common.reshuffled_batches(x, y, b, seed), epochs=epochs, shuffle=False, verbose=0,
               callbacks=[monitor, guard, agop, checks])
     steps = int(model.optimizer.iterations.numpy())
     hist = monitor.history

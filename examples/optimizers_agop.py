@@ -122,8 +122,8 @@ def run(name, lr, data, seed, width, max_epochs):
         unmonitored = ""
     except ValueError as e:  # Adagrad, Adadelta: no stability rule in kerntk
         rule, monitor, unmonitored = None, None, str(e)
-    model.fit(x, y, batch_size=b, epochs=max_epochs, shuffle=True, verbose=0,
-              callbacks=callbacks)
+    model.fit(_common.reshuffled_batches(x, y, b, seed), epochs=max_epochs, shuffle=False,
+              verbose=0, callbacks=callbacks)
     out = {"optimizer": name, "seed": seed, "lr": lr, "batch_size": b,
            "eta_crit_gd_init": eta_crit0, "steps": int(model.optimizer.iterations.numpy()),
            "train_loss_final": stop.train_loss[-1],
