@@ -209,6 +209,8 @@ KEYS = ("catapult_events", "catapults", "catapults_margin", "catapult_events_all
 
 def _monotone(values, strict=True, increasing=True):
     v = np.asarray(values, dtype=float)
+    if len(v) < 2:  # one batch size shows no trend
+        return False
     d = np.diff(v) if increasing else -np.diff(v)
     return bool(np.all(d > 0) if strict else (np.all(d >= 0) and v[-1] != v[0]))
 

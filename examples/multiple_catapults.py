@@ -235,7 +235,7 @@ def main(argv):
 
 
 def _strictly_down(v):
-    return bool(np.all(np.diff(v) < 0))
+    return len(v) >= 2 and bool(np.all(np.diff(v) < 0))  # no catapult, no decrease
 
 
 def _claims(fig, res, caught):
@@ -306,7 +306,7 @@ def _claims(fig, res, caught):
                 paper="the AGOP alignment increases as the number of catapults increases",
                 measured=f"{np.round(agop, 4).tolist()} (before the first raise, after each "
                          f"catapult)",
-                holds=bool(np.all(np.diff(agop) > 0)),
+                holds=len(agop) >= 2 and bool(np.all(np.diff(agop) > 0)),
                 rule="the AGOP alignment after each catapult is strictly above the value before "
                      "it (every catapult)"),
             _common.claim(
