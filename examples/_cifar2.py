@@ -2,9 +2,28 @@
 thesis Ch. 4 trainers (``catapult_gd.py``, ``sgd_spikes.py``, ``eta_crit_hessian_vs_ntk.py``).
 Not a trainer itself."""
 
+import sys
+
 import numpy as np
+from absl import flags
 
 import kerntk
+
+
+def define_flags(*, batch_size: bool = False) -> None:
+    """The CIFAR-2 flags of the thesis Ch. 4 trainers, with the thesis's values as defaults:
+    ``--n``, ``--channels``, ``--image_stride`` and (SGD trainers) ``--batch_size``. Filed under
+    the calling trainer, so its ``--help`` lists them with its own."""
+    name = sys._getframe(1).f_globals.get("__name__", "__main__")
+    kw = {"module_name": sys.argv[0] if name == "__main__" else name}
+    flags.DEFINE_integer("n", 128, "Training points (CIFAR-10 classes 7 and 9; thesis: 128).",
+                         **kw)
+    flags.DEFINE_integer("channels", 512, "Channels per conv layer of the CNN (thesis: 512).",
+                         **kw)
+    flags.DEFINE_integer("image_stride", 1, "CNN: keep every k-th pixel (2: 16x16 images); 1 is "
+                         "the thesis's 32x32.", **kw)
+    if batch_size:
+        flags.DEFINE_integer("batch_size", 32, "SGD batch size (thesis: 32).", **kw)
 
 
 def load_cifar2(n, seed, arch, image_stride, data_dir):

@@ -42,16 +42,14 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import kerntk  # noqa: E402
+import _cifar2  # noqa: E402
 from _cifar2 import build_model, load_cifar2  # noqa: E402
 from kerntk.callbacks import DivergenceGuard, NTKSpectrumTracker  # noqa: E402
 
 _common.define_flags(width=1024, use_bias=False, b_std=1.0, data_dir=True)
 flags.DEFINE_enum("arch", "fcn", ["fcn", "cnn"], "5-layer NTK FCN or CNN (thesis Fig. 4.3a/b).")
-flags.DEFINE_integer("n", 128, "Training points (CIFAR-10 classes 7 and 9; thesis: 128).")
+_cifar2.define_flags()
 flags.DEFINE_integer("depth", 5, "Layers (hidden layers + linear head; thesis: 5).")
-flags.DEFINE_integer("channels", 512, "Channels per conv layer of the CNN (thesis: 512).")
-flags.DEFINE_integer("image_stride", 1, "CNN: keep every k-th pixel (2: 16x16 images), to make "
-                     "the CNN affordable on a CPU; 1 is the thesis's 32x32.")
 flags.DEFINE_float("lr_factor", None, "Learning rate as a multiple of eta_crit at "
                    "initialization (default: the thesis's 6/3.6 for the FCN, 8/4.5 for the CNN).")
 flags.DEFINE_integer("steps", 60, "GD steps.")

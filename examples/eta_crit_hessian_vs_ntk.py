@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import kerntk  # noqa: E402
+import _cifar2  # noqa: E402
 from _cifar2 import build_model, load_cifar2  # noqa: E402
 
 DEPTH = {"shallow": 2, "fcn": 5, "cnn": 5}
@@ -43,11 +44,7 @@ REL_TOL, FRACTION = 0.10, 0.90  # the claim's tolerance rule
 
 flags.DEFINE_list("archs", ["shallow", "fcn", "cnn"], "Networks of Fig. C.1 (shallow: 2-layer "
                   "FCN; fcn: 5-layer FCN; cnn: 5-layer CNN).")
-flags.DEFINE_integer("n", 128, "Training points (CIFAR-10 classes 7 and 9; thesis: 128).")
-flags.DEFINE_integer("channels", 512, "Channels per conv layer of the CNN (thesis: 512).")
-flags.DEFINE_integer("image_stride", 1, "CNN: keep every k-th pixel (2: 16x16 images); 1 is the "
-                     "thesis's 32x32.")
-flags.DEFINE_integer("batch_size", 32, "SGD batch size (thesis: 32).")
+_cifar2.define_flags(batch_size=True)
 flags.DEFINE_integer("max_steps", 400, "Step cap per network.")
 flags.DEFINE_integer("every", 1, "Measure both estimates before every this many steps (thesis: "
                      "every step).")

@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import kerntk  # noqa: E402
+import _cifar2  # noqa: E402
 from _cifar2 import build_model, load_cifar2  # noqa: E402
 from kerntk.callbacks import CriticalLRMonitor, DivergenceGuard  # noqa: E402
 
@@ -58,11 +59,7 @@ THRESHOLD = 0.90  # the match-rate claim: "at least 90 %" (thesis: 94.7-97.3 %)
 
 flags.DEFINE_enum("arch", "fcn", ["fcn", "cnn", "shallow"], "Network of Table 4.2: 5-layer NTK "
                   "FCN, 5-layer NTK CNN, or the 2-layer FCN ('shallow network').")
-flags.DEFINE_integer("n", 128, "Training points (CIFAR-10 classes 7 and 9; thesis: 128).")
-flags.DEFINE_integer("channels", 512, "Channels per conv layer of the CNN (thesis: 512).")
-flags.DEFINE_integer("image_stride", 1, "CNN: keep every k-th pixel (2: 16x16 images); 1 is the "
-                     "thesis's 32x32.")
-flags.DEFINE_integer("batch_size", 32, "SGD batch size (thesis: 32).")
+_cifar2.define_flags(batch_size=True)
 flags.DEFINE_float("lr_factor", None, "Constant learning rate as a multiple of eta_crit of the "
                    "whole training set at initialization (default: the thesis's ratio, 6/3.6 "
                    "for the FCN and the shallow net, 8/4.5 for the CNN).")
