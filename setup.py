@@ -20,7 +20,7 @@ setup(
         "importlib_resources",
     ],
     extras_require={
-        "test": ["pytest", "matplotlib", "tensorboard", "jax"],
+        "test": ["pytest", "pytest-xdist", "matplotlib", "tensorboard", "jax"],
         "plot": ["matplotlib"],
         "tensorboard": ["tensorboard", "matplotlib"],
         "examples": ["matplotlib"],
