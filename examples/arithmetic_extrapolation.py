@@ -165,8 +165,9 @@ def run_fold(fold, names, cfg):
         # the examples are i.i.d. draws, so the first n are a sample of n
         x, y = data["x_train"][:n], (data["y_train"][:n] - mean) / std
         model = build(name, cfg["width"], cfg["channels"], FLAGS.seed + 1000 * fold + 100 * i)
-        model.compile(optimizer=_optimizer(FLAGS.conv_lr if conv else FLAGS.lr,
-                                                 epochs * math.ceil(n / cfg["batch_size"])), loss="mse")
+        steps = epochs * math.ceil(n / cfg["batch_size"])
+        model.compile(optimizer=_optimizer(FLAGS.conv_lr if conv else FLAGS.lr, steps),
+                      loss="mse")
         t0 = time.time()
         hist = model.fit(x, y, epochs=epochs, batch_size=cfg["batch_size"], verbose=0)
         seconds = time.time() - t0
@@ -237,7 +238,8 @@ def deviations_for(cfg, names, summary, folds_done):
         f"settings) is not in our copy: {cfg['n_train']} training examples for the dense nets and "
         f"{cfg['conv_n_train']} for the conv nets, {cfg['epochs']} / {cfg['conv_epochs']} epochs, "
         f"width {cfg['width']}, {cfg['channels']} channels, {FLAGS.pool} pooling, Adam at lr "
-        f"{FLAGS.lr} (dense) / {FLAGS.conv_lr} (conv) ({FLAGS.lr_schedule} schedule), batch {cfg['batch_size']} are our choices",
+        f"{FLAGS.lr} (dense) / {FLAGS.conv_lr} (conv) ({FLAGS.lr_schedule} schedule), batch "
+        f"{cfg['batch_size']} are our choices",
         f"sizes and epochs fit the shared 2-core CPU (about 45 min for the 3-fold run; measured "
         f"in this run, seconds per epoch: {times}). " + SIZING,
         "conv nets: 2x2 pooling after each convolution, then a linear head (the paper's pooling "
