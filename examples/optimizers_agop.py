@@ -66,8 +66,9 @@ flags.DEFINE_float("noise", 0.1, "Label noise standard deviation (thesis: 0.1)."
 flags.DEFINE_integer("depth", 2, "Layers of the FCN (thesis: 2).")
 flags.DEFINE_float("loss_threshold", 1e-3, "Stop when the loss on the whole training set is "
                    "below this (thesis: 1e-3).")
-flags.DEFINE_integer("max_epochs", 400, "Epoch cap per run (GD: steps); a run stopped by it is "
-                     "reported as not converged.")
+flags.DEFINE_integer("max_steps", 8000, "Step cap of every run (the same for GD and the "
+                     "minibatch optimizers; a run stops at the end of the epoch that reaches it); "
+                     "a run stopped by it is reported as not converged.")
 flags.DEFINE_integer("monitor_every", 5, "CriticalLRMonitor measures every this many steps.")
 _common.define_flags(width=1024, use_bias=False, b_std=1.0, seeds=3)
 FLAGS = flags.FLAGS
@@ -102,7 +103,7 @@ class _StopBelow(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def run(name, lr, data, seed, width, max_epochs):
+def run(name, lr, data, seed, width, max_steps):
     x, y, xt, yt, g_star = data
     keras.utils.set_random_seed(seed)
     model = kerntk.models.fcn(FLAGS.depth, width, input_shape=(x.shape[1],),
@@ -122,7 +123,8 @@ def run(name, lr, data, seed, width, max_epochs):
         unmonitored = ""
     except ValueError as e:  # Adagrad, Adadelta: no stability rule in kerntk
         rule, monitor, unmonitored = None, None, str(e)
-    model.fit(_common.reshuffled_batches(x, y, b, seed), epochs=max_epochs, shuffle=False,
+    epochs = -(-max_steps // -(-len(x) // b))  # the step cap in whole epochs
+    model.fit(_common.reshuffled_batches(x, y, b, seed), epochs=epochs, shuffle=False,
               verbose=0, callbacks=callbacks)
     out = {"optimizer": name, "seed": seed, "lr": lr, "batch_size": b,
            "eta_crit_gd_init": eta_crit0, "steps": int(model.optimizer.iterations.numpy()),
@@ -150,10 +152,10 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"unknown optimizers {unknown}; choose from {list(PAPER_LR)}")
     lrs = [float(v) for v in FLAGS.lrs] if FLAGS.lrs else [PAPER_LR[o] for o in names]
-    n, n_test, width, max_epochs, seeds = (FLAGS.n, FLAGS.n_test, FLAGS.width, FLAGS.max_epochs,
+    n, n_test, width, max_steps, seeds = (FLAGS.n, FLAGS.n_test, FLAGS.width, FLAGS.max_steps,
                                            FLAGS.seeds)
     if FLAGS.smoke:
-        n, n_test, width, max_epochs, seeds = 200, 500, 64, 8, 1
+        n, n_test, width, max_steps, seeds = 200, 500, 64, 16, 1
     g_star = kerntk.datasets.rank_egop("rank2", FLAGS.d)
     runs = []
     seed_list = list(range(FLAGS.seed, FLAGS.seed + seeds))
@@ -162,7 +164,7 @@ def main(argv):
         xt, yt = kerntk.datasets.rank_task("rank2", n_test, FLAGS.d, noise=FLAGS.noise,
                                            seed=seed + 10_000)
         for name, lr in zip(names, lrs):
-            r = run(name, lr, (x, y, xt, yt, g_star), seed, width, max_epochs)
+            r = run(name, lr, (x, y, xt, yt, g_star), seed, width, max_steps)
             runs.append(r)
             crit = (f"eta_crit {r['eta_crit_first']:.3g} -> {r['eta_crit_last']:.3g}"
                     if r["monitored"] else "not monitored (no stability rule)")
@@ -171,10 +173,10 @@ def main(argv):
                   f"{r['test_loss']:.3f}, {crit}", flush=True)
         # The results file after every seed: a run stopped early still leaves its seeds.
         report(runs, seed_list[:seed_list.index(seed) + 1], names=names, lrs=lrs, n=n,
-               width=width, max_epochs=max_epochs)
+               width=width, max_steps=max_steps)
 
 
-def report(runs, seed_list, *, names, lrs, n, width, max_epochs):
+def report(runs, seed_list, *, names, lrs, n, width, max_steps):
     """Writes the results file and figure of the runs of the seeds in ``seed_list``."""
     seeds = len(seed_list)
     table = []
@@ -234,7 +236,7 @@ def report(runs, seed_list, *, names, lrs, n, width, max_epochs):
     nc = [f"{LABELS[e['optimizer']]} ({e['runs'] - e['converged']}/{e['runs']})"
           for e in table if e["converged"] < e["runs"]]
     if nc:
-        deviations.append(f"runs that hit the cap of {max_epochs} epochs before training loss "
+        deviations.append(f"runs that hit the cap of {max_steps} steps before training loss "
                           f"{FLAGS.loss_threshold:g}: {', '.join(nc)} (CPU time)")
     if seeds != 3:
         deviations.append(f"{seeds} seed(s) instead of 3"
@@ -252,7 +254,7 @@ def report(runs, seed_list, *, names, lrs, n, width, max_epochs):
         "ours": f"rank2, n = {n}, {FLAGS.depth}-layer FCN width {width}, "
                 + ", ".join(f"{LABELS[o]} {lr:g}" for o, lr in zip(names, lrs))
                 + f", batch {FLAGS.batch_size} (GD full), stop at training loss < "
-                f"{FLAGS.loss_threshold:g} or {max_epochs} epochs, {seeds} seed(s), bias "
+                f"{FLAGS.loss_threshold:g} or {max_steps} steps, {seeds} seed(s), bias "
                 f"{FLAGS.use_bias}",
         "deviations": deviations}
     results = {"by_optimizer": table, "pearson_r_seed_means": r_mean, "pearson_r_per_seed": r_seed,
