@@ -157,14 +157,15 @@ def write_results(name: str, *, setting: dict, config: dict, claims: list[dict],
                      "python": sys.version.split()[0]},
         "setting": _plain(setting),
         "config": _plain(config),
-        "claims": list(claims),
+        "claims": _finite_or_null(_plain(list(claims))),
         "results": _finite_or_null(_plain(results)),
     }
     validate_results(doc, name)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.json")
+    text = json.dumps(doc, indent=1, allow_nan=False)  # fails before the old file is touched
     with open(path, "w") as f:
-        json.dump(doc, f, indent=1, allow_nan=False)
+        f.write(text)
     return path
 
 

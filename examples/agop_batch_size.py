@@ -151,6 +151,19 @@ class _Checks(keras.callbacks.Callback):
         self.check()
 
 
+def _alignment(model, agop):
+    """The logger's AGOP alignment of ``model`` now; NaN for a diverged net, whose weights or
+    input gradients are no longer finite (kerntk.agop refuses those with a ValueError)."""
+    if not all(np.all(np.isfinite(w)) for w in model.get_weights()):
+        return float("nan")
+    try:
+        return float(agop.measure()["agop_alignment"])
+    except ValueError as e:
+        if "NaN or inf" not in str(e):
+            raise
+        return float("nan")
+
+
 def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_steps):
     x, y, xv, yv, xt, yt, g_star = data
     n = len(x)
@@ -176,10 +189,10 @@ def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_steps):
     ev_steps = np.asarray(hist["step"])
     events = np.asarray(hist["event"], dtype=bool)
     upto = ev_steps < checks.best_step  # updates taken before the best-validation weights
-    final = {"agop_alignment": float(agop.measure()["agop_alignment"]),
+    final = {"agop_alignment": _alignment(model, agop),
              "test_loss": checks._loss(xt, yt)}
     model.set_weights(checks.best_weights)
-    best = {"agop_alignment": float(agop.measure()["agop_alignment"]),
+    best = {"agop_alignment": _alignment(model, agop),
             "test_loss": checks._loss(xt, yt)}
     ratio = np.asarray(hist["eta_over_crit"], dtype=float)
     return {
@@ -187,6 +200,11 @@ def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_steps):
         "epochs": -(-steps // steps_per_epoch),
         "train_loss_final": checks.history["train_loss"][-1],
         "converged": bool(checks.history["train_loss"][-1] < FLAGS.loss_threshold),
+        # Ended before the step cap without converging: the DivergenceGuard (or a non-finite
+        # loss) stopped a diverging run.
+        "diverged": bool(not np.isfinite(checks.history["train_loss"][-1])
+                         or (checks.history["train_loss"][-1] >= FLAGS.loss_threshold
+                             and steps < epochs * steps_per_epoch)),
         "best_val_step": checks.best_step, "best_val_loss": checks.best_val,
         "catapult_events": int(events[upto].sum()),
         "catapults": int(np.sum(events[upto] & ~np.concatenate([[False], events[upto][:-1]]))),
@@ -209,7 +227,7 @@ KEYS = ("catapult_events", "catapults", "catapults_margin", "catapult_events_all
 
 def _monotone(values, strict=True, increasing=True):
     v = np.asarray(values, dtype=float)
-    if len(v) < 2:  # one batch size shows no trend
+    if len(v) < 2 or not np.all(np.isfinite(v)):  # one batch size, or a diverged net: no trend
         return False
     d = np.diff(v) if increasing else -np.diff(v)
     return bool(np.all(d > 0) if strict else (np.all(d >= 0) and v[-1] != v[0]))
@@ -312,13 +330,15 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
     for b in sorted({r["batch_size"] for r in runs}, reverse=True):
         rows = [r for r in runs if r["batch_size"] == b]
         entry = {"batch_size": b, "runs": len(rows),
-                 "converged": sum(r["converged"] for r in rows)}
+                 "converged": sum(r["converged"] for r in rows),
+                 "diverged": sum(r["diverged"] for r in rows)}
         for k in KEYS:
             vals = [r[k] for r in rows]
             entry[k + "_mean"], entry[k + "_std"] = float(np.mean(vals)), float(np.std(vals))
         table.append(entry)
     name = exp["name"]
-    not_converged = sum(not r["converged"] for r in runs)
+    not_converged = sum(not r["converged"] and not r["diverged"] for r in runs)
+    diverged = [r for r in runs if r["diverged"]]
 
     paper_setting = {
         "table4.1": "thesis Table 4.1 / Fig. 4.9a (App. C.6): rank-2 y = x1 x2 + N(0, 0.1^2), "
@@ -346,11 +366,18 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
                       f"{FLAGS.checks_per_epoch} epoch (every step for GD), not every step; "
                       f"the monitor measures GD every {FLAGS.gd_every} steps (CPU time)")
     if not_converged:
-        capped = sorted({r["batch_size"] for r in runs if not r["converged"]}, reverse=True)
+        capped = sorted({r["batch_size"] for r in runs
+                         if not r["converged"] and not r["diverged"]}, reverse=True)
         deviations.append(f"{not_converged} of {len(runs)} runs (batch "
                           f"{'/'.join(map(str, capped))}) hit the cap of {max_steps} steps before "
                           f"the training loss reached "
                           f"the threshold; their final train losses are in results{why}")
+    if diverged:  # a result, not a choice: listed so that no reader takes them for trained nets
+        deviations.append(
+            f"{len(diverged)} of {len(runs)} runs diverged at this rate and were stopped by the "
+            "divergence guard before the step cap (" + ", ".join(
+                f"batch {r['batch_size']} seed {r['seed']} at step {r['steps']}" for r in diverged)
+            + "); the claims use their final nets as they are")
     if FLAGS.loss_threshold != FLAGS["loss_threshold"].default and not FLAGS.smoke:
         deviations.append(f"trained to training loss < {FLAGS.loss_threshold:g} instead of "
                           f"{FLAGS['loss_threshold'].default:g}{why}")

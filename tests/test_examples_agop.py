@@ -49,3 +49,13 @@ def test_optimizers_agop(tmp_path):
     assert not runs["adagrad"]["monitored"]
     assert "Adagrad" in runs["adagrad"]["stability_rule"]
     assert any("Adagrad" in d for d in summary["setting"]["deviations"])
+
+
+# slow: the rank-3 run at the thesis setting has diverging runs and covers this.
+@pytest.mark.slow
+def test_agop_batch_size_labels_diverged_runs_and_no_trend_holds_through_them(tmp_path):
+    # 30 x eta_crit(X): every run diverges and the divergence guard stops it before the cap.
+    summary, _ = run_smoke("agop_batch_size", "agop_batch_size", tmp_path, "--lr_factor=30")
+    assert all(r["diverged"] and not r["converged"] for r in summary["results"]["runs"])
+    assert any("diverged" in d for d in summary["setting"]["deviations"])
+    assert not any(c["holds"] for c in summary["claims"])  # no trend through diverged nets
