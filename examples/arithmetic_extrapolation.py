@@ -169,7 +169,9 @@ def run_fold(fold, names, cfg):
         model.compile(optimizer=_optimizer(FLAGS.conv_lr if conv else FLAGS.lr, steps),
                       loss="mse")
         t0 = time.time()
-        hist = model.fit(x, y, epochs=epochs, batch_size=cfg["batch_size"], verbose=0)
+        seed = FLAGS.seed + 1000 * fold + 100 * i
+        hist = model.fit(_common.reshuffled_batches(x, y, cfg["batch_size"], seed),
+                         epochs=epochs, shuffle=False, verbose=0)
         seconds = time.time() - t0
         out[name] = {"seconds": seconds, "seconds_per_epoch": seconds / epochs, "n_train": n,
                      "epochs": epochs,

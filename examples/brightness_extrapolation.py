@@ -82,8 +82,9 @@ def run_dataset(name, n_train, n_test, width, epochs, r_max):
         model.compile(optimizer=keras.optimizers.Adam(FLAGS.lr),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
-        hist = model.fit(x * FLAGS.train_scale, y, epochs=epochs, batch_size=FLAGS.batch_size,
-                         verbose=0)
+        hist = model.fit(_common.reshuffled_batches(x * FLAGS.train_scale, y, FLAGS.batch_size,
+                                                    FLAGS.seed),
+                         epochs=epochs, shuffle=False, verbose=0)
         acc = [float(np.mean(np.argmax(keras.ops.convert_to_numpy(model(x_te * r)), axis=1)
                              == y_te)) for r in r_max]
         out[key] = {"train_accuracy": float(hist.history["accuracy"][-1]),
