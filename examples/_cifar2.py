@@ -2,11 +2,10 @@
 thesis Ch. 4 trainers (``catapult_gd.py``, ``sgd_spikes.py``, ``eta_crit_hessian_vs_ntk.py``).
 Not a trainer itself."""
 
-import sys
-
 import numpy as np
 from absl import flags
 
+import _common
 import kerntk
 
 
@@ -14,8 +13,7 @@ def define_flags(*, batch_size: bool = False) -> None:
     """The CIFAR-2 flags of the thesis Ch. 4 trainers, with the thesis's values as defaults:
     ``--n``, ``--channels``, ``--image_stride`` and (SGD trainers) ``--batch_size``. Filed under
     the calling trainer, so its ``--help`` lists them with its own."""
-    name = sys._getframe(1).f_globals.get("__name__", "__main__")
-    kw = {"module_name": sys.argv[0] if name == "__main__" else name}
+    kw = {"module_name": _common._caller_module()}
     flags.DEFINE_integer("n", 128, "Training points (CIFAR-10 classes 7 and 9; thesis: 128).",
                          **kw)
     flags.DEFINE_integer("channels", 512, "Channels per conv layer of the CNN (thesis: 512).",

@@ -164,12 +164,12 @@ def run_fold(fold, names, cfg):
                      else (cfg["n_train"], cfg["epochs"]))
         # the examples are i.i.d. draws, so the first n are a sample of n
         x, y = data["x_train"][:n], (data["y_train"][:n] - mean) / std
-        model = build(name, cfg["width"], cfg["channels"], FLAGS.seed + 1000 * fold + 100 * i)
+        seed = FLAGS.seed + 1000 * fold + 100 * i
+        model = build(name, cfg["width"], cfg["channels"], seed)
         steps = epochs * math.ceil(n / cfg["batch_size"])
         model.compile(optimizer=_optimizer(FLAGS.conv_lr if conv else FLAGS.lr, steps),
                       loss="mse")
         t0 = time.time()
-        seed = FLAGS.seed + 1000 * fold + 100 * i
         hist = model.fit(_common.reshuffled_batches(x, y, cfg["batch_size"], seed),
                          epochs=epochs, shuffle=False, verbose=0)
         seconds = time.time() - t0
