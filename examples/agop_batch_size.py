@@ -86,9 +86,9 @@ flags.DEFINE_float("lr_factor", 0.5, "Learning rate as a multiple of eta_crit of
                    "experiment's value unless given).")
 flags.DEFINE_float("loss_threshold", 1e-3, "Stop when the loss on the whole training set is "
                    "below this (thesis: 1e-3).")
-flags.DEFINE_integer("max_steps", 30000, "Step cap of every run (the same for every batch size; "
-                     "a run stops at the end of the epoch that reaches it); a run stopped by it is "
-                     "reported as not converged.")
+flags.DEFINE_integer("max_steps", 30000, "Step cap of every run: each run stops after exactly "
+                     "this many steps, whatever its batch size; a run stopped by it is reported as "
+                     "not converged.")
 flags.DEFINE_integer("checks_per_epoch", 10, "Validation / training-loss checks per epoch (at "
                      "least one per step).")
 flags.DEFINE_integer("gd_every", 10, "Full-batch (GD) runs: the monitor measures every this many "
@@ -109,11 +109,13 @@ def setting_value(key):
 
 class _Checks(keras.callbacks.Callback):
     """Every ``every`` steps: full training loss and validation loss; keeps the best-validation
-    weights and stops when the training loss is below the threshold."""
+    weights and stops when the training loss is below the threshold or after ``max_steps``
+    steps (mid-epoch if need be: an epoch-rounded cap gave small batches more steps)."""
 
-    def __init__(self, train, val, every, threshold):
+    def __init__(self, train, val, every, threshold, max_steps):
         super().__init__()
         self.train, self.val, self.every, self.threshold = train, val, every, threshold
+        self.max_steps = max_steps
         self.history = {"step": [], "train_loss": [], "val_loss": []}
         self.best_val, self.best_step, self.best_weights = np.inf, 0, None
 
@@ -141,8 +143,11 @@ class _Checks(keras.callbacks.Callback):
         self.check()
 
     def on_train_batch_end(self, batch, logs=None):
-        if (batch + 1) % self.every == 0:
+        capped = int(self.model.optimizer.iterations.numpy()) >= self.max_steps
+        if (batch + 1) % self.every == 0 or capped:
             self.check()
+        if capped:
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         self.check()
@@ -177,7 +182,7 @@ def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_steps):
     steps_per_epoch = -(-n // b)
     full = b >= n
     checks = _Checks((x, y), (xv, yv), max(1, steps_per_epoch // FLAGS.checks_per_epoch),
-                     FLAGS.loss_threshold)
+                     FLAGS.loss_threshold, max_steps)
     monitor = CriticalLRMonitor(margin=FLAGS.margin, every_n_steps=FLAGS.gd_every if full else 1)
     guard = DivergenceGuard(factor=1e3, patience=10, max_restores=1)  # stops a diverging run
     agop = AGOPAlignmentLogger(x, g_star, every_n_epochs=None)  # AGOP on the training inputs
@@ -204,7 +209,7 @@ def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_steps):
         # loss) stopped a diverging run.
         "diverged": bool(not np.isfinite(checks.history["train_loss"][-1])
                          or (checks.history["train_loss"][-1] >= FLAGS.loss_threshold
-                             and steps < epochs * steps_per_epoch)),
+                             and steps < max_steps)),
         "best_val_step": checks.best_step, "best_val_loss": checks.best_val,
         "catapult_events": int(events[upto].sum()),
         "catapults": int(np.sum(events[upto] & ~np.concatenate([[False], events[upto][:-1]]))),
@@ -298,7 +303,8 @@ def main(argv):
                                            FLAGS.seeds)
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     if FLAGS.smoke:
-        n, n_val, n_test, width, max_steps, seeds = 100, 200, 200, 64, 80, 1
+        n, n_val, n_test, width, seeds = 100, 200, 200, 64, 1
+        max_steps = max_steps if FLAGS["max_steps"].present else 80
         batch_sizes = [100, 5]
     g_star = kerntk.datasets.rank_egop(task, FLAGS.d)
     runs = []
