@@ -214,3 +214,20 @@ def reshuffled_batches(x, y, batch_size: int, seed: int):
     return (tf.data.Dataset.from_tensor_slices((x, y))
             .shuffle(n, seed=seed, reshuffle_each_iteration=True)
             .batch(batch_size))
+
+
+def fit_steps(model, x, y, *, batch_size: int, seed: int, max_steps: int, callbacks=()):
+    """``model.fit`` on :func:`reshuffled_batches` that stops after exactly ``max_steps``
+    optimizer steps, whatever the batch size (mid-epoch if need be; a callback's
+    ``stop_training`` can end it earlier). An epoch-rounded cap gave small batches more steps
+    than large ones: a 5000-step cap ran batch 5 (400 steps per epoch) for 5200."""
+    import keras
+
+    class _StepCap(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) >= max_steps:
+                self.model.stop_training = True
+
+    epochs = -(-max_steps // -(-len(x) // batch_size))  # enough epochs to reach the cap
+    return model.fit(reshuffled_batches(x, y, batch_size, seed), epochs=epochs, shuffle=False,
+                     verbose=0, callbacks=[*callbacks, _StepCap()])

@@ -109,13 +109,11 @@ def setting_value(key):
 
 class _Checks(keras.callbacks.Callback):
     """Every ``every`` steps: full training loss and validation loss; keeps the best-validation
-    weights and stops when the training loss is below the threshold or after ``max_steps``
-    steps (mid-epoch if need be: an epoch-rounded cap gave small batches more steps)."""
+    weights and stops when the training loss is below the threshold."""
 
-    def __init__(self, train, val, every, threshold, max_steps):
+    def __init__(self, train, val, every, threshold):
         super().__init__()
         self.train, self.val, self.every, self.threshold = train, val, every, threshold
-        self.max_steps = max_steps
         self.history = {"step": [], "train_loss": [], "val_loss": []}
         self.best_val, self.best_step, self.best_weights = np.inf, 0, None
 
@@ -143,11 +141,8 @@ class _Checks(keras.callbacks.Callback):
         self.check()
 
     def on_train_batch_end(self, batch, logs=None):
-        capped = int(self.model.optimizer.iterations.numpy()) >= self.max_steps
-        if (batch + 1) % self.every == 0 or capped:
+        if (batch + 1) % self.every == 0:
             self.check()
-        if capped:
-            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         self.check()
@@ -182,13 +177,12 @@ def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_steps):
     steps_per_epoch = -(-n // b)
     full = b >= n
     checks = _Checks((x, y), (xv, yv), max(1, steps_per_epoch // FLAGS.checks_per_epoch),
-                     FLAGS.loss_threshold, max_steps)
+                     FLAGS.loss_threshold)
     monitor = CriticalLRMonitor(margin=FLAGS.margin, every_n_steps=FLAGS.gd_every if full else 1)
     guard = DivergenceGuard(factor=1e3, patience=10, max_restores=1)  # stops a diverging run
     agop = AGOPAlignmentLogger(x, g_star, every_n_epochs=None)  # AGOP on the training inputs
-    epochs = -(-max_steps // steps_per_epoch)
-    model.fit(_common.reshuffled_batches(x, y, b, seed), epochs=epochs, shuffle=False, verbose=0,
-              callbacks=[monitor, guard, agop, checks])
+    _common.fit_steps(model, x, y, batch_size=b, seed=seed, max_steps=max_steps,
+                      callbacks=[monitor, guard, agop, checks])  # ends with checks.on_train_end
     steps = int(model.optimizer.iterations.numpy())
     hist = monitor.history
     ev_steps = np.asarray(hist["step"])

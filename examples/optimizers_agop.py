@@ -66,9 +66,9 @@ flags.DEFINE_float("noise", 0.1, "Label noise standard deviation (thesis: 0.1)."
 flags.DEFINE_integer("depth", 2, "Layers of the FCN (thesis: 2).")
 flags.DEFINE_float("loss_threshold", 1e-3, "Stop when the loss on the whole training set is "
                    "below this (thesis: 1e-3).")
-flags.DEFINE_integer("max_steps", 8000, "Step cap of every run (the same for GD and the "
-                     "minibatch optimizers; a run stops at the end of the epoch that reaches it); "
-                     "a run stopped by it is reported as not converged.")
+flags.DEFINE_integer("max_steps", 8000, "Step cap of every run: each run stops after exactly "
+                     "this many steps (GD and the minibatch optimizers alike); a run stopped by it "
+                     "is reported as not converged.")
 flags.DEFINE_integer("monitor_every", 5, "CriticalLRMonitor measures every this many steps.")
 _common.define_flags(width=1024, use_bias=False, b_std=1.0, seeds=3)
 FLAGS = flags.FLAGS
@@ -123,9 +123,8 @@ def run(name, lr, data, seed, width, max_steps):
         unmonitored = ""
     except ValueError as e:  # Adagrad, Adadelta: no stability rule in kerntk
         rule, monitor, unmonitored = None, None, str(e)
-    epochs = -(-max_steps // -(-len(x) // b))  # the step cap in whole epochs
-    model.fit(_common.reshuffled_batches(x, y, b, seed), epochs=epochs, shuffle=False,
-              verbose=0, callbacks=callbacks)
+    _common.fit_steps(model, x, y, batch_size=b, seed=seed, max_steps=max_steps,
+                      callbacks=callbacks)  # _StopBelow's on_epoch_end also runs at the cap
     out = {"optimizer": name, "seed": seed, "lr": lr, "batch_size": b,
            "eta_crit_gd_init": eta_crit0, "steps": int(model.optimizer.iterations.numpy()),
            "train_loss_final": stop.train_loss[-1],
