@@ -22,8 +22,9 @@ the best validation loss. Thesis Table 4.1 (Fig. 4.9a):
   rate ``eta_crit / 40``: no catapults, and the thesis sees little effect of the batch size.
 
 What is measured, per run: :class:`kerntk.callbacks.CriticalLRMonitor` at every step (every
-``--gd_every`` steps of GD; ``eta_crit(X_batch)`` and the catapult events); the validation and
-full training loss every ``1/--checks_per_epoch`` epoch (every step of GD), which gives the best-validation step
+``--gd_every`` steps of GD, every ``--sgd_every`` steps of SGD; ``eta_crit(X_batch)`` and the
+catapult events); the validation and full training loss every ``1/--checks_per_epoch`` epoch
+(every ``--gd_check_every`` steps of GD), which gives the best-validation step
 (events are counted up to it) and the stop (training loss on the whole training set below
 ``--loss_threshold``); at the end, the AGOP alignment ``cos(G, G*)`` of the trained net's AGOP on
 the training inputs with the analytic EGOP (thesis Eq. 4.6,
@@ -91,6 +92,10 @@ flags.DEFINE_integer("max_steps", 30000, "Step cap of every run: each run stops 
                      "not converged.")
 flags.DEFINE_integer("checks_per_epoch", 10, "Validation / training-loss checks per epoch (at "
                      "least one per step).")
+flags.DEFINE_integer("sgd_every", 1, "Minibatch runs: the monitor measures every this many steps "
+                     "(1: every step, as the thesis counts events).")
+flags.DEFINE_integer("gd_check_every", 1, "Full-batch (GD) runs: training and validation loss "
+                     "every this many steps (the best-validation step is located to within it).")
 flags.DEFINE_integer("gd_every", 10, "Full-batch (GD) runs: the monitor measures every this many "
                      "steps (GD at eta_crit/2 has no catapult to miss).")
 flags.DEFINE_string("reason", "", "Why this run's flags differ from the paper's setting "
@@ -108,8 +113,8 @@ def setting_value(key):
 
 
 class _Checks(keras.callbacks.Callback):
-    """Every ``every`` steps: full training loss and validation loss; keeps the best-validation
-    weights and stops when the training loss is below the threshold."""
+    """Every ``every`` steps (and at the start and end): full training loss and validation loss;
+    keeps the best-validation weights and stops when the training loss is below the threshold."""
 
     def __init__(self, train, val, every, threshold):
         super().__init__()
@@ -141,11 +146,9 @@ class _Checks(keras.callbacks.Callback):
         self.check()
 
     def on_train_batch_end(self, batch, logs=None):
-        if (batch + 1) % self.every == 0:
+        # by the optimizer's step count, not the batch index: a GD epoch is a single step
+        if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
             self.check()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.check()
 
     def on_train_end(self, logs=None):
         self.check()
@@ -176,9 +179,11 @@ def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_steps):
     model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
     steps_per_epoch = -(-n // b)
     full = b >= n
-    checks = _Checks((x, y), (xv, yv), max(1, steps_per_epoch // FLAGS.checks_per_epoch),
-                     FLAGS.loss_threshold)
-    monitor = CriticalLRMonitor(margin=FLAGS.margin, every_n_steps=FLAGS.gd_every if full else 1)
+    check_every = FLAGS.gd_check_every if full else max(1, steps_per_epoch
+                                                            // FLAGS.checks_per_epoch)
+    checks = _Checks((x, y), (xv, yv), check_every, FLAGS.loss_threshold)
+    monitor = CriticalLRMonitor(margin=FLAGS.margin,
+                                every_n_steps=FLAGS.gd_every if full else FLAGS.sgd_every)
     guard = DivergenceGuard(factor=1e3, patience=10, max_restores=1)  # stops a diverging run
     agop = AGOPAlignmentLogger(x, g_star, every_n_epochs=None)  # AGOP on the training inputs
     _common.fit_steps(model, x, y, batch_size=b, seed=seed, max_steps=max_steps,
@@ -209,6 +214,7 @@ def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_steps):
         "catapults": int(np.sum(events[upto] & ~np.concatenate([[False], events[upto][:-1]]))),
         "catapults_margin": int(np.sum(ratio[upto] > FLAGS.margin)),
         "catapult_events_all": int(events.sum()),
+        "measured_steps": len(ev_steps),
         "max_eta_over_crit": float(np.nanmax(ratio)) if len(ratio) else float("nan"),
         "guard_restores": len(guard.restores),
         "agop_alignment_init": float(agop.history["agop_alignment"][0])
@@ -221,7 +227,7 @@ def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_steps):
 
 KEYS = ("catapult_events", "catapults", "catapults_margin", "catapult_events_all",
         "agop_alignment", "test_loss", "agop_alignment_best_val", "test_loss_best_val",
-        "train_loss_final", "steps", "best_val_step")
+        "train_loss_final", "steps", "best_val_step", "measured_steps")
 
 
 def _monotone(values, strict=True, increasing=True):
@@ -271,9 +277,14 @@ def small_lr_claims(table, tol=0.05):
     claims = [_common.claim(
         "fig4.10/no_catapults", paper="sufficiently small learning rates result in no catapults "
         "for any batch size (lr = eta_crit/40)",
-        measured={f"batch {b}": e["catapult_events_all_mean"] for b, e in zip(sizes, table)},
+        measured={f"batch {b}": {"events": e["catapult_events_all_mean"],
+                                 "measured steps per run": round(e["measured_steps_mean"]),
+                                 "largest eta / eta_crit(X_batch)":
+                                     round(e["max_eta_over_crit_max"], 4)}
+                  for b, e in zip(sizes, table)},
         holds=all(e["catapult_events_all_mean"] == 0 for e in table),
-        rule="no catapult event (eta - eta_crit(X_batch) > 1e-8) in any run, at any step")]
+        rule="no catapult event (eta - eta_crit(X_batch) > 1e-8) in any run, at any measured "
+             f"step (GD every {FLAGS.gd_every} steps, minibatches every {FLAGS.sgd_every})")]
     for key, label in (("agop_alignment", "AGOP alignment"), ("test_loss", "test loss")):
         means = np.array([e[key + "_mean"] for e in table])
         spread = float((means.max() - means.min()) / abs(means.mean()))
@@ -335,6 +346,7 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
         for k in KEYS:
             vals = [r[k] for r in rows]
             entry[k + "_mean"], entry[k + "_std"] = float(np.mean(vals)), float(np.std(vals))
+        entry["max_eta_over_crit_max"] = float(np.nanmax([r["max_eta_over_crit"] for r in rows]))
         table.append(entry)
     name = exp["name"]
     not_converged = sum(not r["converged"] and not r["diverged"] for r in runs)
@@ -362,9 +374,14 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
     deviations.append("AGOP alignment measured on the training inputs of the net at the end of "
                       "training (the thesis does not say which inputs; the best-validation net's "
                       "values are in results too)")
+    gd_checks = ("every step" if FLAGS.gd_check_every == 1
+                 else f"every {FLAGS.gd_check_every} steps")
+    sgd = ("" if FLAGS.sgd_every == 1 else
+           f" and minibatch runs every {FLAGS.sgd_every} steps, so events between measured "
+           "steps are not counted")
     deviations.append("the best-validation step is located by checks every 1/"
-                      f"{FLAGS.checks_per_epoch} epoch (every step for GD), not every step; "
-                      f"the monitor measures GD every {FLAGS.gd_every} steps (CPU time)")
+                      f"{FLAGS.checks_per_epoch} epoch ({gd_checks} for GD), not every step; "
+                      f"the monitor measures GD every {FLAGS.gd_every} steps{sgd} (CPU time)")
     if not_converged:
         capped = sorted({r["batch_size"] for r in runs
                          if not r["converged"] and not r["diverged"]}, reverse=True)

@@ -29,14 +29,22 @@ def test_agop_batch_size_small_batch_catapults(tmp_path):
 def test_agop_batch_size_small_lr_has_no_catapults(tmp_path):
     # Fig. 4.10: at lr = eta_crit(X)/40 not even batch 5 reaches eta_crit(X_batch).
     # A cap of 30 steps is not a whole number of batch-5 epochs (20 steps at n = 100): every run,
-    # GD included, still stops at exactly 30 steps, unconverged at this rate.
+    # GD included, still stops at exactly 30 steps, unconverged at this rate. The monitor
+    # measures the updates 0, k, 2k, ... (k = --gd_every for GD, --sgd_every for batch 5):
+    # ceil(30 / k) of them.
     summary, _ = run_smoke("agop_batch_size", "agop_batch_size_small_lr", tmp_path,
-                           "--experiment=small_lr", "--max_steps=30")
+                           "--experiment=small_lr", "--max_steps=30", "--gd_every=4",
+                           "--sgd_every=7", "--gd_check_every=3")
     assert summary["config"]["experiment"] == "small_lr"
     for r in summary["results"]["runs"]:
         assert r["catapult_events_all"] == 0 and r["max_eta_over_crit"] < 1
         assert abs(r["lr"] - r["eta_crit_init"] / 40) <= 1e-6 * r["lr"]
         assert r["steps"] == 30 and not r["converged"] and not r["diverged"]
+        every = 4 if r["batch_size"] == 100 else 7
+        assert r["measured_steps"] == -(-30 // every)
+        # loss checks: every --gd_check_every steps of GD, every 1/10 epoch (2 steps) of batch 5
+        check = 3 if r["batch_size"] == 100 else 2
+        assert r["curve"]["step"] == sorted(set(range(0, 30, check)) | {30})
     no_catapults = next(c for c in summary["claims"] if c["id"] == "fig4.10/no_catapults")
     assert no_catapults["holds"] is True
 
