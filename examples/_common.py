@@ -199,6 +199,19 @@ def print_claims(claims: list[dict]) -> None:
               f"(paper: {c['paper']}; rule: {c['rule']})")
 
 
+def monotone(values, *, increasing: bool = True, strict: bool = True) -> bool:
+    """Whether ``values`` (at least two, all finite) follow a trend: strictly increasing or
+    decreasing; with ``strict=False`` never moving against the trend and ending away from the
+    start. A sequence of one value, or one with a NaN or inf (a diverged net), has no trend."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    if v.size < 2 or not np.all(np.isfinite(v)):
+        return False
+    d = np.diff(v) if increasing else -np.diff(v)
+    return bool(np.all(d > 0) if strict else (np.all(d >= 0) and v[-1] != v[0]))
+
+
 def reshuffled_batches(x, y, batch_size: int, seed: int):
     """``(x, y)`` as a ``tf.data.Dataset`` of minibatches in a fresh random order every epoch
     (SGD with random reshuffling), reproducible from ``seed``.

@@ -230,14 +230,6 @@ KEYS = ("catapult_events", "catapults", "catapults_margin", "catapult_events_all
         "train_loss_final", "steps", "best_val_step", "measured_steps")
 
 
-def _monotone(values, strict=True, increasing=True):
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2 or not np.all(np.isfinite(v)):  # one batch size, or a diverged net: no trend
-        return False
-    d = np.diff(v) if increasing else -np.diff(v)
-    return bool(np.all(d > 0) if strict else (np.all(d >= 0) and v[-1] != v[0]))
-
-
 def direction_claims(prefix, table, runs, seeds, paper):
     """Claims of the batch-size trends (``table`` sorted from the largest batch down), each on the
     seed means and, separately, in every seed."""
@@ -259,7 +251,8 @@ def direction_claims(prefix, table, runs, seeds, paper):
         claims.append(_common.claim(
             f"{prefix}/{cid}", paper=paper_text,
             measured={f"mean over {len(seeds)} seeds ({order})": [round(m, 4) for m in means]},
-            holds=_monotone(means, strict, inc), rule=f"on the seed means: {rule}"))
+            holds=_common.monotone(means, increasing=inc, strict=strict),
+            rule=f"on the seed means: {rule}"))
         per_seed = {}
         for s in seeds:
             vals = [next(r[key] for r in runs if r["seed"] == s and r["batch_size"] == b)
@@ -267,7 +260,8 @@ def direction_claims(prefix, table, runs, seeds, paper):
             per_seed[f"seed {s}"] = [round(v, 4) for v in vals]
         claims.append(_common.claim(
             f"{prefix}/{cid}_every_seed", paper=paper_text, measured=per_seed,
-            holds=all(_monotone(v, strict, inc) for v in per_seed.values()),
+            holds=all(_common.monotone(v, increasing=inc, strict=strict)
+                      for v in per_seed.values()),
             rule=f"in every seed: {rule}"))
     return claims
 

@@ -234,10 +234,6 @@ def main(argv):
     _common.print_claims(claims)
 
 
-def _strictly_down(v):
-    return len(v) >= 2 and bool(np.all(np.diff(v) < 0))  # no catapult, no decrease
-
-
 def _claims(fig, res, caught):
     test = res["test_loss_before_and_after_each_catapult"]
     k = len(res["raise_at"])
@@ -291,7 +287,7 @@ def _claims(fig, res, caught):
                 paper="the test loss decreases as the number of catapults increases",
                 measured=f"{np.round(test, 4).tolist()} (before the first raise, after each "
                          f"catapult)",
-                holds=_strictly_down(test),
+                holds=_common.monotone(test, increasing=False),
                 rule="the test loss after each catapult is strictly below the value before it "
                      "(every catapult)"),
             _common.claim(
@@ -306,7 +302,7 @@ def _claims(fig, res, caught):
                 paper="the AGOP alignment increases as the number of catapults increases",
                 measured=f"{np.round(agop, 4).tolist()} (before the first raise, after each "
                          f"catapult)",
-                holds=len(agop) >= 2 and bool(np.all(np.diff(agop) > 0)),
+                holds=_common.monotone(agop),
                 rule="the AGOP alignment after each catapult is strictly above the value before "
                      "it (every catapult)"),
             _common.claim(

@@ -84,3 +84,17 @@ def test_check_mode_fails_when_the_file_is_stale(tmp_path):
     with open(out, "a") as f:
         f.write("a number typed by hand\n")
     assert make_results.main(args + ["--check"]) == 1
+
+
+@pytest.mark.parametrize("values, kwargs, expected", [
+    ([0.81, 0.84, 0.89, 0.95], {}, True),
+    ([0.81, 0.84, 0.84, 0.95], {}, False),                      # a tie is not strict
+    ([0, 0, 3, 7], dict(strict=False), True),                   # never fewer, more at the end
+    ([0, 0, 0, 0], dict(strict=False), False),                  # flat: no trend
+    ([0.74, 0.71, 0.59, 0.42], dict(increasing=False), True),
+    ([0.74, 0.71, 0.75, 0.42], dict(increasing=False), False),
+    ([0.74, float("nan"), 0.42], dict(increasing=False), False),  # a diverged net
+    ([0.5], {}, False),                                         # one value has no trend
+])
+def test_monotone_is_the_one_trend_rule_of_the_claims(values, kwargs, expected):
+    assert _common.monotone(values, **kwargs) is expected
