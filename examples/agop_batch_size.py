@@ -156,14 +156,12 @@ class _Checks(keras.callbacks.Callback):
 
 def _alignment(model, agop):
     """The logger's AGOP alignment of ``model`` now; NaN for a diverged net, whose weights or
-    input gradients are no longer finite (kerntk.agop refuses those with a ValueError)."""
+    input gradients are no longer finite (kerntk.agop raises NonFiniteGradientsError)."""
     if not all(np.all(np.isfinite(w)) for w in model.get_weights()):
         return float("nan")
     try:
         return float(agop.measure()["agop_alignment"])
-    except ValueError as e:
-        if "NaN or inf" not in str(e):
-            raise
+    except kerntk.agop.NonFiniteGradientsError:
         return float("nan")
 
 

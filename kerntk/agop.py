@@ -22,7 +22,13 @@ import numpy as np
 from kerntk import _validation as checks
 from kerntk._backend import require_tensorflow
 
-__all__ = ["AGOPFactor", "agop", "egop", "alignment", "alignment_fn"]
+__all__ = ["AGOPFactor", "NonFiniteGradientsError", "agop", "egop", "alignment", "alignment_fn"]
+
+
+class NonFiniteGradientsError(ValueError):
+    """The model's input gradients (or the AGOP built from them) contain NaN or inf: the model
+    itself has diverged or overflowed, so there is no AGOP to report. A ``ValueError``, told
+    apart from bad arguments so that a caller can record "no value" for a diverged net."""
 
 
 class AGOPFactor(NamedTuple):
@@ -200,8 +206,9 @@ def agop(model_or_callable, x, *, center: bool = False, low_rank: bool = False,
         ``(d, d)`` float64 array, or :class:`AGOPFactor`.
 
     Raises:
-        ValueError: empty ``x``, several input arrays, NaN/inf in ``x`` or in the gradients,
-            bad ``batch_size``, a model with several or integer inputs.
+        NonFiniteGradientsError: NaN/inf in the gradients of finite inputs (a diverged model).
+        ValueError: empty ``x``, several input arrays, NaN/inf in ``x``, bad ``batch_size``, a
+            model with several or integer inputs.
 
     Cost: ``c`` backward passes of the batch (one per output) plus ``O(n c d^2)`` for ``F^T F``
     (``O(n c d)`` memory with ``low_rank=True``).
@@ -216,7 +223,7 @@ def agop(model_or_callable, x, *, center: bool = False, low_rank: bool = False,
     J, gram = _input_gradients(fn, key, x, dtype or default_dtype, batch_size,
                                with_gram=not low_rank)
     if not np.all(np.isfinite(J)):
-        raise ValueError("The input gradients contain NaN or inf.")
+        raise NonFiniteGradientsError("The input gradients contain NaN or inf.")
     n, c, d = J.shape
     if low_rank:
         if center:
@@ -246,13 +253,13 @@ def _stats(g):
         if F.ndim != 2 or F.shape[0] == 0 or g.n < 1:
             raise ValueError("An AGOPFactor needs a non-empty 2-D factor and n >= 1.")
         if not np.all(np.isfinite(F)):
-            raise ValueError("The AGOP factor contains NaN or inf.")
+            raise NonFiniteGradientsError("The AGOP factor contains NaN or inf.")
         return "factor", F, int(g.n), F.shape[1]
     G = np.asarray(g, dtype=np.float64)
     if G.ndim != 2 or G.shape[0] != G.shape[1] or G.shape[0] == 0:
         raise ValueError(f"An AGOP matrix must be square and non-empty; got shape {G.shape}.")
     if not np.all(np.isfinite(G)):
-        raise ValueError("The AGOP matrix contains NaN or inf.")
+        raise NonFiniteGradientsError("The AGOP matrix contains NaN or inf.")
     return "matrix", G, 1, G.shape[0]
 
 
@@ -348,8 +355,8 @@ def alignment_fn(model, x, reference: AGOPFactor, *, metrics=("cosine",),
             under XLA the whole measurement took ~0.6x the time.
 
     Returns:
-        ``measure() -> {metric: alignment}``; it raises ``ValueError`` if the gradients are not
-        finite.
+        ``measure() -> {metric: alignment}``; it raises :class:`NonFiniteGradientsError` (a
+        ``ValueError``) if the gradients are not finite.
     """
     import tensorflow as tf
 
@@ -397,7 +404,7 @@ def alignment_fn(model, x, reference: AGOPFactor, *, metrics=("cosine",),
             inputs["B"] = tf.constant(b[1], dtype=model.compute_dtype)
         ab, aa, fs, finite = compiled(inputs["x"], inputs["B"])
         if not bool(finite):
-            raise ValueError("The input gradients contain NaN or inf.")
+            raise NonFiniteGradientsError("The input gradients contain NaN or inf.")
         ab, aa, sa = float(ab) / (n * nb), float(aa) / n ** 2, float(fs) / n
         return {m: _from_inner(ab, aa, bb, sa, sb, d, m) for m in metrics}
 

@@ -95,6 +95,24 @@ def test_agop_bad_input():
         ag.agop(m, np.ones((3, 2, 3)), batch_size=0)
 
 
+def test_a_diverged_model_is_told_apart_from_bad_input():
+    # Finite inputs through an overflowed weight: the model has diverged, there is no AGOP
+    # (NonFiniteGradientsError, a ValueError); a NaN in the inputs is a bad argument instead.
+    m, x = model_and_data()
+    factor = ag.AGOPFactor(np.ones((2, 6)), 2)
+    w = m.trainable_weights[0]
+    w.assign(np.full(w.shape, np.inf))
+    with pytest.raises(ag.NonFiniteGradientsError):
+        ag.agop(m, x)
+    with pytest.raises(ag.NonFiniteGradientsError):
+        ag.alignment_fn(m, x, factor)()
+    m, x = model_and_data()
+    x[0, 0, 0] = np.nan
+    with pytest.raises(ValueError) as err:
+        ag.agop(m, x)
+    assert not isinstance(err.value, ag.NonFiniteGradientsError)
+
+
 def test_egop_of_x1x2_tends_to_diag_110():
     d = 6
     target = np.zeros((d, d))
