@@ -202,11 +202,9 @@ def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_steps):
         "epochs": -(-steps // steps_per_epoch),
         "train_loss_final": checks.history["train_loss"][-1],
         "converged": bool(checks.history["train_loss"][-1] < FLAGS.loss_threshold),
-        # Ended before the step cap without converging: the DivergenceGuard (or a non-finite
-        # loss) stopped a diverging run.
-        "diverged": bool(not np.isfinite(checks.history["train_loss"][-1])
-                         or (checks.history["train_loss"][-1] >= FLAGS.loss_threshold
-                             and steps < max_steps)),
+        # The guard (max_restores=1) stops a diverging run at its first restore, putting back
+        # the last healthy snapshot; a non-finite final loss would mean it missed one.
+        "diverged": bool(guard.restores) or not np.isfinite(checks.history["train_loss"][-1]),
         "best_val_step": checks.best_step, "best_val_loss": checks.best_val,
         "catapult_events": int(events[upto].sum()),
         "catapults": int(np.sum(events[upto] & ~np.concatenate([[False], events[upto][:-1]]))),
