@@ -136,11 +136,13 @@ def flag_values(names: Iterable[str] | None = None) -> dict:
 
 
 def write_results(name: str, *, setting: dict, config: dict, claims: list[dict],
-                  results: dict, out_dir: str | None = None, smoke: bool | None = None) -> str:
+                  results: dict, out_dir: str | None = None, smoke: bool | None = None,
+                  earlier_wall_s: float = 0.0) -> str:
     """Writes ``<out_dir>/<name>.json`` (see the module docstring) and returns its path.
 
     Non-finite numbers are written as null (JSON has no NaN); ``wall_s`` is the time since the
-    trainer started.
+    trainer started plus ``earlier_wall_s``, the wall time of earlier processes whose runs this
+    file reports too (a trainer that merges their results files).
     """
     import keras
     import tensorflow as tf
@@ -152,7 +154,7 @@ def write_results(name: str, *, setting: dict, config: dict, claims: list[dict],
         "name": name,
         "command": " ".join(["python", f"examples/{script}"] + list(sys.argv[1:])),
         "smoke": bool(smoke),
-        "wall_s": round(time.time() - _STARTED, 1),
+        "wall_s": round(time.time() - _STARTED + earlier_wall_s, 1),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
                      "python": sys.version.split()[0]},
         "setting": _plain(setting),
@@ -229,11 +231,17 @@ def reshuffled_batches(x, y, batch_size: int, seed: int):
             .batch(batch_size))
 
 
-def fit_steps(model, x, y, *, batch_size: int, seed: int, max_steps: int, callbacks=()):
+def fit_steps(model, x, y, *, batch_size: int, seed: int, max_steps: int, callbacks=(),
+              gd_steps_per_epoch: int = 1):
     """``model.fit`` on :func:`reshuffled_batches` that stops after exactly ``max_steps``
     optimizer steps, whatever the batch size (mid-epoch if need be; a callback's
     ``stop_training`` can end it earlier). An epoch-rounded cap gave small batches more steps
-    than large ones: a 5000-step cap ran batch 5 (400 steps per epoch) for 5200."""
+    than large ones: a 5000-step cap ran batch 5 (400 steps per epoch) for 5200.
+
+    Full-batch runs (``batch_size >= len(x)``) make Keras epochs of ``gd_steps_per_epoch``
+    steps: every GD step sees the same batch, so there is no order to reshuffle, and one Keras
+    epoch per step spends about half of a GD step at n = 2000 on epoch overhead (measured with
+    agop_batch_size). Keep 1 when a callback must see an epoch end after every GD step."""
     import keras
 
     class _StepCap(keras.callbacks.Callback):
@@ -241,6 +249,13 @@ def fit_steps(model, x, y, *, batch_size: int, seed: int, max_steps: int, callba
             if int(self.model.optimizer.iterations.numpy()) >= max_steps:
                 self.model.stop_training = True
 
+    if batch_size >= len(x) and gd_steps_per_epoch > 1:
+        import tensorflow as tf
+
+        data = tf.data.Dataset.from_tensors((x, y)).repeat()
+        return model.fit(data, epochs=-(-max_steps // gd_steps_per_epoch),
+                         steps_per_epoch=gd_steps_per_epoch, shuffle=False, verbose=0,
+                         callbacks=[*callbacks, _StepCap()])
     epochs = -(-max_steps // -(-len(x) // batch_size))  # enough epochs to reach the cap
     return model.fit(reshuffled_batches(x, y, batch_size, seed), epochs=epochs, shuffle=False,
                      verbose=0, callbacks=[*callbacks, _StepCap()])

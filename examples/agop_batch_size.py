@@ -100,6 +100,9 @@ flags.DEFINE_integer("gd_every", 10, "Full-batch (GD) runs: the monitor measures
                      "steps (GD at eta_crit/2 has no catapult to miss).")
 flags.DEFINE_string("reason", "", "Why this run's flags differ from the paper's setting "
                     "(recorded with each such deviation in the results file).")
+flags.DEFINE_list("runs_from", [], "Results files of this experiment from other processes, "
+                  "run with the same flags but --seed/--seeds: their seeds are reported with "
+                  "this run's and not run again (seeds run side by side, reported together).")
 flags.DEFINE_float("margin", 1.2, "Events with eta > margin x eta_crit(X_batch) are counted apart.")
 _common.define_flags(width=1024, use_bias=False, b_std=1.0, seeds=3)
 FLAGS = flags.FLAGS
@@ -185,7 +188,8 @@ def run(data, batch_size, seed, *, task, depth, width, lr_factor, max_steps):
     guard = DivergenceGuard(factor=1e3, patience=10, max_restores=1)  # stops a diverging run
     agop = AGOPAlignmentLogger(x, g_star, every_n_epochs=None)  # AGOP on the training inputs
     _common.fit_steps(model, x, y, batch_size=b, seed=seed, max_steps=max_steps,
-                      callbacks=[monitor, guard, agop, checks])  # ends with checks.on_train_end
+                      callbacks=[monitor, guard, agop, checks],  # ends with checks.on_train_end
+                      gd_steps_per_epoch=100)  # _Checks counts steps, not epochs
     steps = int(model.optimizer.iterations.numpy())
     hist = monitor.history
     ev_steps = np.asarray(hist["step"])
@@ -289,6 +293,39 @@ def small_lr_claims(table, tol=0.05):
     return claims
 
 
+# The flags a results file must share with this run for its runs to be reported with them.
+SAME_FLAGS = ("experiment", "n", "n_val", "n_test", "d", "noise", "depth", "width", "lr_factor",
+              "loss_threshold", "max_steps", "checks_per_epoch", "sgd_every", "gd_check_every",
+              "gd_every", "margin", "use_bias", "b_std", "smoke")
+
+
+def runs_from(paths, batch_sizes):
+    """The runs of earlier results files (``--runs_from``) by seed, and their wall time; a file
+    whose flags differ from this run's, or whose seeds lack a batch size, is refused."""
+    import json
+
+    by_seed, wall = {}, 0.0
+    for path in paths:
+        with open(path) as f:
+            doc = json.load(f)
+        cfg = doc["config"]
+        differ = [k for k in SAME_FLAGS if cfg.get(k) != FLAGS[k].value]
+        if differ:
+            raise app.UsageError(f"{path}: flags {differ} differ from this run's; its runs "
+                                 "cannot be reported with them.")
+        wall += float(doc["wall_s"])
+        for r in doc["results"]["runs"]:
+            if r["seed"] in by_seed and path != by_seed[r["seed"]][0]:
+                raise app.UsageError(f"seed {r['seed']} is in {by_seed[r['seed']][0]} and {path}.")
+            by_seed.setdefault(r["seed"], (path, []))[1].append(r)
+    for seed, (path, rows) in by_seed.items():
+        if sorted(r["batch_size"] for r in rows) != sorted(batch_sizes):
+            raise app.UsageError(f"{path}: seed {seed} has batch sizes "
+                                 f"{sorted(r['batch_size'] for r in rows)}, this run "
+                                 f"{sorted(batch_sizes)}.")
+    return {seed: rows for seed, (_, rows) in by_seed.items()}, wall
+
+
 def main(argv):
     del argv
     exp = EXPERIMENTS[FLAGS.experiment]
@@ -298,34 +335,55 @@ def main(argv):
                                            FLAGS.seeds)
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     if FLAGS.smoke:
-        n, n_val, n_test, width, seeds = 100, 200, 200, 64, 1
+        n, n_val, n_test, width = 100, 200, 200, 64
+        seeds = seeds if FLAGS["seeds"].present else 1
         max_steps = max_steps if FLAGS["max_steps"].present else 80
         batch_sizes = [100, 5]
     g_star = kerntk.datasets.rank_egop(task, FLAGS.d)
+    earlier, earlier_wall = runs_from(FLAGS.runs_from, batch_sizes)
+    outside = sorted(set(earlier) - set(range(FLAGS.seed, FLAGS.seed + seeds)))
+    if outside:
+        raise app.UsageError(f"--runs_from has seed(s) {outside}, outside --seed/--seeds.")
     runs = []
     for seed in range(FLAGS.seed, FLAGS.seed + seeds):
-        x, y = kerntk.datasets.rank_task(task, n, FLAGS.d, noise=FLAGS.noise, seed=seed)
-        xv, yv = kerntk.datasets.rank_task(task, n_val, FLAGS.d, noise=FLAGS.noise,
-                                           seed=seed + 20_000)
-        xt, yt = kerntk.datasets.rank_task(task, n_test, FLAGS.d, noise=FLAGS.noise,
-                                           seed=seed + 10_000)
-        for b in batch_sizes:
-            r = run((x, y, xv, yv, xt, yt, g_star), b, seed, task=task, depth=depth, width=width,
-                    lr_factor=lr_factor, max_steps=max_steps)
-            runs.append(r)
-            print(f"  seed {seed} batch {r['batch_size']:5d}: {r['steps']} steps, train loss "
-                  f"{r['train_loss_final']:.2g}, best val at step {r['best_val_step']}, events "
-                  f"{r['catapult_events']} (all {r['catapult_events_all']}), alignment "
-                  f"{r['agop_alignment']:.3f}, test loss {r['test_loss']:.3f}", flush=True)
+        if seed in earlier:
+            runs += earlier[seed]
+            print(f"  seed {seed}: {len(earlier[seed])} runs from --runs_from", flush=True)
+        else:
+            runs += run_seed(seed, g_star, batch_sizes, task=task, n=n, n_val=n_val,
+                             n_test=n_test, depth=depth, width=width, lr_factor=lr_factor,
+                             max_steps=max_steps)
         # The results file after every seed: a run stopped early still leaves its seeds.
         report(runs, list(range(FLAGS.seed, seed + 1)), exp=exp, task=task, depth=depth,
                width=width, lr_factor=lr_factor, n=n, n_val=n_val, n_test=n_test,
-               max_steps=max_steps, batch_sizes=batch_sizes)
+               max_steps=max_steps, batch_sizes=batch_sizes,
+               earlier=sorted(s for s in earlier if s <= seed), earlier_wall=earlier_wall)
+
+
+def run_seed(seed, g_star, batch_sizes, *, task, n, n_val, n_test, depth, width, lr_factor,
+             max_steps):
+    """The runs of one seed (one data draw), every batch size."""
+    x, y = kerntk.datasets.rank_task(task, n, FLAGS.d, noise=FLAGS.noise, seed=seed)
+    xv, yv = kerntk.datasets.rank_task(task, n_val, FLAGS.d, noise=FLAGS.noise,
+                                       seed=seed + 20_000)
+    xt, yt = kerntk.datasets.rank_task(task, n_test, FLAGS.d, noise=FLAGS.noise,
+                                       seed=seed + 10_000)
+    runs = []
+    for b in batch_sizes:
+        r = run((x, y, xv, yv, xt, yt, g_star), b, seed, task=task, depth=depth, width=width,
+                lr_factor=lr_factor, max_steps=max_steps)
+        runs.append(r)
+        print(f"  seed {seed} batch {r['batch_size']:5d}: {r['steps']} steps, train loss "
+              f"{r['train_loss_final']:.2g}, best val at step {r['best_val_step']}, events "
+              f"{r['catapult_events']} (all {r['catapult_events_all']}), alignment "
+              f"{r['agop_alignment']:.3f}, test loss {r['test_loss']:.3f}", flush=True)
+    return runs
 
 
 def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_test, max_steps,
-           batch_sizes):
-    """Writes the results file and figure of the runs of the seeds in ``seed_list``."""
+           batch_sizes, earlier=(), earlier_wall=0.0):
+    """Writes the results file and figure of the runs of the seeds in ``seed_list`` (those in
+    ``earlier`` from ``--runs_from`` files, whose processes took ``earlier_wall`` seconds)."""
     seeds = len(seed_list)
     table = []
     for b in sorted({r["batch_size"] for r in runs}, reverse=True):
@@ -406,7 +464,10 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
             f"{'/'.join(str(e['batch_size']) for e in table)}, trained to full training loss < "
             f"{FLAGS.loss_threshold:g} (cap {max_steps} steps), "
             f"{seeds} seed(s), "
-            f"bias {FLAGS.use_bias}")
+            f"bias {FLAGS.use_bias}"
+            + (f"; seed(s) {', '.join(map(str, earlier))} ran in other processes side by side "
+               "(their results files merged with --runs_from; wall time summed over the "
+               "processes)" if earlier else ""))
 
     if FLAGS.experiment == "small_lr":
         claims = small_lr_claims(table)
@@ -429,9 +490,12 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
     if FLAGS.experiment == "table4.1":
         results["paper_table4.1"] = {str(b): {"agop_alignment": a, "test_loss": t}
                                      for b, (a, t) in PAPER_TABLE41.items()}
+    if earlier:
+        results["seeds_from"] = {"seeds": list(earlier), "files": list(FLAGS.runs_from)}
     _common.write_results(name, setting={"paper": paper_setting, "ours": ours,
                                          "deviations": deviations},
-                          config=_common.flag_values(), claims=claims, results=results)
+                          config=_common.flag_values(), claims=claims, results=results,
+                          earlier_wall_s=earlier_wall)
     _common.save_figure(_plot(table, runs, f"{name}: {ours}"), name)
     print(f"{name}: {ours} (mean ± std):")
     print("  batch  converged  events to best val   alignment      test loss")

@@ -2,9 +2,13 @@
 tiny size, writes a valid results file, and shows the direction of its claim where that
 direction is robust at this size (checked over seeds 0-3 before relying on it)."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from tests.test_examples import run_smoke
+from tests.test_examples import EXAMPLES, _env, run_smoke
 
 
 def _run(summary, batch_size):
@@ -70,3 +74,29 @@ def test_agop_batch_size_labels_diverged_runs_and_no_trend_holds_through_them(tm
     assert all(r["diverged"] and not r["converged"] for r in summary["results"]["runs"])
     assert any("diverged" in d for d in summary["setting"]["deviations"])
     assert not any(c["holds"] for c in summary["claims"])  # no trend through diverged nets
+
+
+# slow: the small-lr run at the thesis setting merges its seeds with --runs_from and covers this.
+@pytest.mark.slow
+def test_agop_batch_size_reports_seeds_run_in_another_process(tmp_path):
+    # Seed 1 runs in one process; a second runs seed 0 and reports both: seed 1's runs are
+    # taken from the first file as they are, and the wall time covers both processes.
+    first, other = tmp_path / "seed1", tmp_path / "both"
+    first.mkdir()
+    other.mkdir()
+    a, _ = run_smoke("agop_batch_size", "agop_batch_size", first, "--seed=1")
+    path = str(first / "agop_batch_size.json")
+    b, _ = run_smoke("agop_batch_size", "agop_batch_size", other, "--seeds=2",
+                     f"--runs_from={path}")
+    runs = b["results"]["runs"]
+    assert [r for r in runs if r["seed"] == 1] == a["results"]["runs"]
+    assert sorted({r["seed"] for r in runs}) == [0, 1]
+    assert all(e["runs"] == 2 for e in b["results"]["by_batch_size"])
+    assert b["results"]["seeds_from"] == {"seeds": [1], "files": [path]}
+    assert b["wall_s"] >= a["wall_s"] and "--runs_from" in b["setting"]["ours"]
+    # A file run with other flags is refused before anything runs.
+    out = subprocess.run([sys.executable, os.path.join(EXAMPLES, "agop_batch_size.py"),
+                          "--smoke", "--seeds=2", "--max_steps=30", f"--runs_from={path}",
+                          f"--out_dir={tmp_path}"], capture_output=True, text=True,
+                         timeout=600, env=_env())
+    assert out.returncode != 0 and "max_steps" in out.stderr
