@@ -41,6 +41,10 @@ Writes ``<out_dir>/<name>.json`` (results format of ``examples/_common.py``) and
     python examples/agop_batch_size.py                         # Table 4.1 (rank-2)
     python examples/agop_batch_size.py --experiment=rank3      # Fig. 4.9b
     python examples/agop_batch_size.py --experiment=small_lr   # Fig. 4.10
+
+Seeds can run side by side in separate processes (``--seed=k --seeds=1 --out_dir=dir_k``) and be
+reported together by a last run with ``--seeds=3 --runs_from=dir_1/<name>.json,...``, which
+takes their runs as they are (same flags required) and runs only the seeds they lack.
 """
 
 import os
