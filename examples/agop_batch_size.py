@@ -455,7 +455,7 @@ def report(runs, seed_list, *, exp, task, depth, width, lr_factor, n, n_val, n_t
         deviations.append(f"batch sizes {batch_sizes} instead of {default_sizes}{why}")
     if seeds != 3:
         deviations.append(f"{seeds} seed(s) instead of 3"
-                          + ("" if seeds == FLAGS.seeds or FLAGS.smoke else
+                          + ("" if FLAGS.smoke else why if seeds == FLAGS.seeds else
                              f" (CPU time: the run was stopped after {seeds} of {FLAGS.seeds} "
                              "seeds; the results file is rewritten after each seed)"))
     for key, paper_value in (("n", 2000), ("width", exp["width"]), ("depth", exp["depth"])):
