@@ -26,9 +26,10 @@ __all__ = ["AGOPFactor", "NonFiniteGradientsError", "agop", "egop", "alignment",
 
 
 class NonFiniteGradientsError(ValueError):
-    """The model's input gradients (or the AGOP built from them) contain NaN or inf: the model
-    itself has diverged or overflowed, so there is no AGOP to report. A ``ValueError``, told
-    apart from bad arguments so that a caller can record "no value" for a diverged net."""
+    """The model's input gradients on finite inputs contain NaN or inf: the model itself has
+    diverged or overflowed, so there is no AGOP to report. A ``ValueError``, told apart from bad
+    arguments (NaN in ``x``, or in an AGOP matrix or factor passed in, which raise a plain
+    ``ValueError``) so that a caller can record "no value" for a diverged net."""
 
 
 class AGOPFactor(NamedTuple):
@@ -253,13 +254,13 @@ def _stats(g):
         if F.ndim != 2 or F.shape[0] == 0 or g.n < 1:
             raise ValueError("An AGOPFactor needs a non-empty 2-D factor and n >= 1.")
         if not np.all(np.isfinite(F)):
-            raise NonFiniteGradientsError("The AGOP factor contains NaN or inf.")
+            raise ValueError("The AGOP factor contains NaN or inf.")
         return "factor", F, int(g.n), F.shape[1]
     G = np.asarray(g, dtype=np.float64)
     if G.ndim != 2 or G.shape[0] != G.shape[1] or G.shape[0] == 0:
         raise ValueError(f"An AGOP matrix must be square and non-empty; got shape {G.shape}.")
     if not np.all(np.isfinite(G)):
-        raise NonFiniteGradientsError("The AGOP matrix contains NaN or inf.")
+        raise ValueError("The AGOP matrix contains NaN or inf.")
     return "matrix", G, 1, G.shape[0]
 
 

@@ -78,8 +78,9 @@ def test_alignment_bad_input():
         ag.alignment(G, np.eye(5))
     with pytest.raises(ValueError):
         ag.alignment(G, np.zeros((4, 4)))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as err:
         ag.alignment(G, np.full((4, 4), np.nan))
+    assert not isinstance(err.value, ag.NonFiniteGradientsError)  # a bad argument, not a model
     with pytest.raises(ValueError):
         ag.alignment(G, G, metric="spearman")
 
